@@ -3,10 +3,19 @@
 //! Layers, from the wire up:
 //! - [`protocol`]: the sans-IO codec (frames, requests, replies, NAMES/DUMP text).
 //! - [`registry`]: the pure registry of names, connections and creations.
-//! - [`server`]: the single-threaded mio loop that moves bytes between sockets and the two above.
+//! - [`server`]: the single-threaded mio loop that moves bytes between sockets and the two
+//!   above; [`daemon`] starts it (fd limit, listeners, `-daemon`).
+//! - [`client`]: the epmd-compatible client commands.
 //! - [`cli`]: argv (with epmd's single-dash flags) → validated [`cli::Config`] → action.
 //!
 //! `protocol` and `registry` never touch a socket, a clock or the environment.
 
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod error;
+pub mod logging;
 pub mod protocol;
 pub mod registry;
+pub mod server;
+pub mod systemd;

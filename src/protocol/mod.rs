@@ -30,3 +30,6 @@ pub use frame::{decode_frame, encode_frame, read_limit, Status};
 pub use node::{NodeInfo, NodeName, NodeType};
 pub use request::{Alive2Request, Request};
 pub use response::{Alive2Reply, Port2Reply};
+
+#[cfg(test)]
+mod tests;

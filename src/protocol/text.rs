@@ -15,7 +15,7 @@ pub fn push_names_line(name: &[u8], port: u16, out: &mut Vec<u8>) {
     out.extend_from_slice(b"name ");
     out.extend_from_slice(name);
     // Writing to a Vec cannot fail.
-    let _ = write!(out, " at port {port}\n");
+    let _ = writeln!(out, " at port {port}");
 }
 
 /// Appends one DUMP line for a registered node, with its trailing NUL byte, as the C epmd's

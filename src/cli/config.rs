@@ -1,0 +1,321 @@
+//! The validated configuration: command-line values merged with the environment
+//! (`ERL_EPMD_PORT`, `ERL_EPMD_ADDRESS`, `ERL_EPMD_RELAXED_COMMAND_CHECK`), with epmd's
+//! `atoi` number rules (spec §7.1–7.2).
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::Cli;
+use crate::protocol::tag::DEFAULT_PORT;
+
+/// Default `-packet_timeout` in seconds.
+pub const DEFAULT_PACKET_TIMEOUT: u64 = 60;
+
+/// What the process should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the daemon.
+    Daemon(DaemonConfig),
+    /// Run one epmd client command against the local daemon.
+    Client {
+        /// The port to connect to.
+        port: u16,
+        /// The command.
+        command: ClientCommand,
+    },
+}
+
+/// An epmd client command (spec §8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientCommand {
+    /// `-names`.
+    Names,
+    /// `-dump`.
+    Dump,
+    /// `-started`.
+    Started,
+    /// `-kill`.
+    Kill,
+    /// `-stop NAME`.
+    Stop(String),
+}
+
+/// Everything the daemon needs to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// The port as configured (`atoi` of the flag or environment); reported in the NAMES
+    /// and DUMP headers as a `u32`, as the C epmd does even when it exceeds 65535.
+    pub configured_port: i32,
+    /// Addresses to listen on besides the loopbacks; `None` means every interface.
+    pub addresses: Option<Vec<IpAddr>>,
+    /// Relaxed command check.
+    pub relaxed: bool,
+    /// Total time allowed per request.
+    pub packet_timeout: Duration,
+    /// `-delay_accept`.
+    pub delay_accept: Option<Duration>,
+    /// `-delay_write`.
+    pub delay_write: Option<Duration>,
+    /// Number of `-d` flags.
+    pub debug: u8,
+    /// `-daemon`.
+    pub daemon: bool,
+    /// `-systemd`.
+    pub systemd: bool,
+}
+
+impl DaemonConfig {
+    /// The port the sockets bind: the configured value truncated to 16 bits, as epmd's
+    /// `htons` does (`-port 70000` listens on 4464).
+    pub fn bind_port(&self) -> u16 {
+        self.configured_port as u16
+    }
+
+    /// The port NAMES and DUMP report.
+    pub fn header_port(&self) -> u32 {
+        self.configured_port as u32
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// epmd's usage error (a zero or non-numeric port or number of seconds).
+    Usage,
+    /// An address in the list does not parse.
+    ParseAddress(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Usage => f.write_str("invalid arguments"),
+            ConfigError::ParseAddress(a) => write!(f, "cannot parse IP address \"{a}\""),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Resolves `cli` against the environment given by `env` (a variable lookup).
+    pub fn resolve(cli: &Cli, env: impl Fn(&str) -> Option<OsString>) -> Result<Config, ConfigError> {
+        let env_str = |k: &str| env(k).map(|v| v.to_string_lossy().into_owned());
+        let port = match &cli.port {
+            Some(p) => match atoi(p) {
+                0 => return Err(ConfigError::Usage),
+                n => n,
+            },
+            // The environment value is not validated: garbage gives 0 (ephemeral ports).
+            None => env_str("ERL_EPMD_PORT").map_or(i32::from(DEFAULT_PORT), |p| atoi(&p)),
+        };
+        let client = if cli.names {
+            Some(ClientCommand::Names)
+        } else if cli.dump {
+            Some(ClientCommand::Dump)
+        } else if cli.started {
+            Some(ClientCommand::Started)
+        } else if cli.kill {
+            Some(ClientCommand::Kill)
+        } else {
+            cli.stop.clone().map(ClientCommand::Stop)
+        };
+        if let Some(command) = client {
+            return Ok(Config {
+                action: Action::Client {
+                    port: port as u16,
+                    command,
+                },
+                debug: cli.debug,
+            });
+        }
+        let address_list = cli.address.clone().or_else(|| env_str("ERL_EPMD_ADDRESS"));
+        let addresses = match address_list {
+            Some(list) => parse_address_list(&list)?,
+            None => None,
+        };
+        let seconds = |v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(s) => match atoi(s) {
+                    0 => Err(ConfigError::Usage),
+                    n => Ok(Some(Duration::from_secs(u64::from(n.unsigned_abs())))),
+                },
+            }
+        };
+        let packet_timeout = seconds(&cli.packet_timeout)?
+            .unwrap_or(Duration::from_secs(DEFAULT_PACKET_TIMEOUT));
+        Ok(Config {
+            action: Action::Daemon(DaemonConfig {
+                configured_port: port,
+                addresses,
+                relaxed: cli.relaxed_command_check || env("ERL_EPMD_RELAXED_COMMAND_CHECK").is_some(),
+                packet_timeout,
+                delay_accept: seconds(&cli.delay_accept)?,
+                delay_write: seconds(&cli.delay_write)?,
+                debug: cli.debug,
+                daemon: cli.daemon,
+                systemd: cli.systemd,
+            }),
+            debug: cli.debug,
+        })
+    }
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// What to do.
+    pub action: Action,
+    /// Number of `-d` flags (log verbosity).
+    pub debug: u8,
+}
+
+/// Splits an address list on commas and spaces; `None` when it names no address.
+pub fn parse_address_list(list: &str) -> Result<Option<Vec<IpAddr>>, ConfigError> {
+    let mut out = Vec::new();
+    for item in list.split([',', ' ']).filter(|s| !s.is_empty()) {
+        let ip: IpAddr = item
+            .parse()
+            .map_err(|_| ConfigError::ParseAddress(item.to_owned()))?;
+        out.push(ip);
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// C's `atoi`: optional leading white space and sign, then digits up to the first other
+/// character; no digits gives 0. Overflow wraps (C leaves it undefined).
+pub fn atoi(s: &str) -> i32 {
+    let s = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let (negative, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut n: i64 = 0;
+    for b in digits.bytes().take_while(u8::is_ascii_digit) {
+        n = n.wrapping_mul(10).wrapping_add(i64::from(b - b'0'));
+    }
+    let n = if negative { n.wrapping_neg() } else { n };
+    n as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let cli = super::super::parse(&args).unwrap();
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::resolve(&cli, |k| {
+            env.iter().find(|(ek, _)| ek == k).map(|(_, v)| OsString::from(v))
+        })
+    }
+
+    fn daemon(args: &[&str], env: &[(&str, &str)]) -> DaemonConfig {
+        match resolve(args, env).unwrap().action {
+            Action::Daemon(d) => d,
+            other => panic!("not a daemon: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn atoi_like_c() {
+        assert_eq!(atoi("4369"), 4369);
+        assert_eq!(atoi("  12abc"), 12);
+        assert_eq!(atoi("abc"), 0);
+        assert_eq!(atoi("-5"), -5);
+        assert_eq!(atoi("+7"), 7);
+        assert_eq!(atoi(""), 0);
+    }
+
+    #[test]
+    fn defaults() {
+        let d = daemon(&[], &[]);
+        assert_eq!(d.configured_port, 4369);
+        assert_eq!(d.addresses, None);
+        assert!(!d.relaxed);
+        assert_eq!(d.packet_timeout, Duration::from_secs(60));
+        assert_eq!(d.delay_accept, None);
+        assert_eq!(d.delay_write, None);
+    }
+
+    #[test]
+    fn port_from_flag_env_and_wrapping() {
+        assert_eq!(daemon(&["-port", "14369"], &[]).configured_port, 14369);
+        assert_eq!(daemon(&[], &[("ERL_EPMD_PORT", "5000")]).configured_port, 5000);
+        assert_eq!(
+            daemon(&["-port", "6000"], &[("ERL_EPMD_PORT", "5000")]).configured_port,
+            6000
+        );
+        let wrapped = daemon(&["-port", "70000"], &[]);
+        assert_eq!((wrapped.bind_port(), wrapped.header_port()), (4464, 70000));
+        assert_eq!(daemon(&[], &[("ERL_EPMD_PORT", "junk")]).bind_port(), 0);
+        assert_eq!(resolve(&["-port", "0"], &[]), Err(ConfigError::Usage));
+        assert_eq!(resolve(&["-port", "x"], &[]), Err(ConfigError::Usage));
+    }
+
+    #[test]
+    fn seconds_must_be_positive() {
+        let d = daemon(&["-packet_timeout", "5", "-delay_accept", "1", "-delay_write", "2"], &[]);
+        assert_eq!(d.packet_timeout, Duration::from_secs(5));
+        assert_eq!(d.delay_accept, Some(Duration::from_secs(1)));
+        assert_eq!(d.delay_write, Some(Duration::from_secs(2)));
+        for flag in ["-packet_timeout", "-delay_accept", "-delay_write"] {
+            assert_eq!(resolve(&[flag, "0"], &[]), Err(ConfigError::Usage));
+            assert_eq!(resolve(&[flag, "soon"], &[]), Err(ConfigError::Usage));
+        }
+    }
+
+    #[test]
+    fn addresses_from_flag_or_env() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            daemon(&["-address", "127.0.0.2, ::1"], &[]).addresses,
+            Some(vec![ip("127.0.0.2"), ip("::1")])
+        );
+        assert_eq!(
+            daemon(&[], &[("ERL_EPMD_ADDRESS", "10.0.0.1")]).addresses,
+            Some(vec![ip("10.0.0.1")])
+        );
+        assert_eq!(
+            daemon(&["-address", "10.0.0.2"], &[("ERL_EPMD_ADDRESS", "10.0.0.1")]).addresses,
+            Some(vec![ip("10.0.0.2")])
+        );
+        assert_eq!(daemon(&["-address", " , ,"], &[]).addresses, None);
+        assert_eq!(
+            resolve(&["-address", "nope"], &[]),
+            Err(ConfigError::ParseAddress("nope".into()))
+        );
+    }
+
+    #[test]
+    fn relaxed_from_flag_or_env_presence() {
+        assert!(daemon(&["-relaxed_command_check"], &[]).relaxed);
+        assert!(daemon(&[], &[("ERL_EPMD_RELAXED_COMMAND_CHECK", "")]).relaxed);
+    }
+
+    #[test]
+    fn client_commands() {
+        let c = resolve(&["-port", "7", "-stop", "foo"], &[]).unwrap();
+        assert_eq!(
+            c.action,
+            Action::Client {
+                port: 7,
+                command: ClientCommand::Stop("foo".into())
+            }
+        );
+        let c = resolve(&["-names"], &[("ERL_EPMD_PORT", "9")]).unwrap();
+        assert_eq!(
+            c.action,
+            Action::Client {
+                port: 9,
+                command: ClientCommand::Names
+            }
+        );
+    }
+}

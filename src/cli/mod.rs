@@ -1,0 +1,170 @@
+//! The command line: argv → ([`legacy`] rewrite) → clap [`Cli`] → validated [`Config`] →
+//! [`Action`]. No sockets here.
+
+pub mod config;
+pub mod legacy;
+
+use clap::Parser;
+
+pub use config::{Action, ClientCommand, Config, ConfigError, DaemonConfig};
+
+/// The usage text of the C epmd, printed to stderr (exit 1) for `-h` and every usage error.
+pub const EPMD_USAGE: &[u8] = include_bytes!("usage.txt");
+
+/// epmd-rs: a drop-in replacement for Erlang's EPMD (Erlang Port Mapper Daemon).
+///
+/// Without a client option it runs the daemon. epmd's single-dash spellings (`-port 4369`,
+/// `-names`, `-relaxed_command_check`) are accepted too.
+#[derive(Parser, Debug, Default, PartialEq, Eq)]
+#[command(name = "epmd-rs", version, about, long_about = None)]
+pub struct Cli {
+    /// Port to listen on and to query [default: $ERL_EPMD_PORT or 4369].
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
+    pub port: Option<String>,
+
+    /// Listen only on these addresses (comma- or space-separated) and on the loopback
+    /// interface [default: $ERL_EPMD_ADDRESS, else every interface].
+    #[arg(long, value_name = "LIST")]
+    pub address: Option<String>,
+
+    /// Raise the log level (repeatable); also shortens the list of remembered old names to 5.
+    #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
+    pub debug: u8,
+
+    /// Detach and run in the background once the listening sockets are bound.
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// Allow KILL with registered nodes, and STOP [also: $ERL_EPMD_RELAXED_COMMAND_CHECK].
+    #[arg(long = "relaxed-command-check")]
+    pub relaxed_command_check: bool,
+
+    /// Seconds a request may take from accept to reply before the connection is closed
+    /// [default: 60].
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+    pub packet_timeout: Option<String>,
+
+    /// Seconds to wait before reading a newly accepted connection (busy-server simulation).
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+    pub delay_accept: Option<String>,
+
+    /// Seconds to wait before writing each reply (busy-server simulation).
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+    pub delay_write: Option<String>,
+
+    /// Take the listening sockets from systemd socket activation.
+    #[arg(long)]
+    pub systemd: bool,
+
+    /// Client: list the names registered with the running epmd.
+    #[arg(long, group = "client")]
+    pub names: bool,
+
+    /// Client: dump the running epmd's registered and old names.
+    #[arg(long, group = "client")]
+    pub dump: bool,
+
+    /// Client: exit 0 if an epmd answers, 1 otherwise, printing nothing.
+    #[arg(long, group = "client")]
+    pub started: bool,
+
+    /// Client: ask the running epmd to exit.
+    #[arg(long, group = "client")]
+    pub kill: bool,
+
+    /// Client: forcibly unregister NAME (needs a relaxed command check in the daemon).
+    #[arg(long, value_name = "NAME", group = "client", allow_hyphen_values = true)]
+    pub stop: Option<String>,
+}
+
+/// Why the command line was refused.
+#[derive(Debug)]
+pub enum ParseError {
+    /// epmd's usage error: print [`EPMD_USAGE`] to stderr and exit 1.
+    Usage,
+    /// clap's own error or help/version output (for `--` spellings).
+    Clap(clap::Error),
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse(args: &[std::ffi::OsString]) -> Result<Cli, ParseError> {
+    let normalised = legacy::normalise(args).map_err(|_| ParseError::Usage)?;
+    let argv = std::iter::once(std::ffi::OsString::from("epmd-rs")).chain(normalised);
+    Cli::try_parse_from(argv).map_err(ParseError::Clap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn cli(args: &[&str]) -> Result<Cli, ParseError> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        parse(&args)
+    }
+
+    #[test]
+    fn epmd_spellings_parse() {
+        let c = cli(&[
+            "-d",
+            "-debug",
+            "-port",
+            "4370",
+            "-address",
+            "127.0.0.2",
+            "-relaxed_command_check",
+            "-packet_timeout",
+            "5",
+            "-delay_accept",
+            "1",
+            "-delay_write",
+            "2",
+            "-daemon",
+        ])
+        .unwrap();
+        assert_eq!(
+            c,
+            Cli {
+                port: Some("4370".into()),
+                address: Some("127.0.0.2".into()),
+                debug: 2,
+                daemon: true,
+                relaxed_command_check: true,
+                packet_timeout: Some("5".into()),
+                delay_accept: Some("1".into()),
+                delay_write: Some("2".into()),
+                ..Cli::default()
+            }
+        );
+    }
+
+    #[test]
+    fn modern_spellings_parse() {
+        let c = cli(&["--port", "5", "-dd", "--relaxed-command-check"]).unwrap();
+        assert_eq!(c.port.as_deref(), Some("5"));
+        assert_eq!(c.debug, 2);
+        assert!(c.relaxed_command_check);
+    }
+
+    #[test]
+    fn client_options_parse() {
+        assert!(cli(&["-port", "1", "-names"]).unwrap().names);
+        assert!(cli(&["-dump"]).unwrap().dump);
+        assert!(cli(&["-started"]).unwrap().started);
+        assert!(cli(&["-kill"]).unwrap().kill);
+        assert_eq!(cli(&["-stop", "n"]).unwrap().stop.as_deref(), Some("n"));
+        assert!(matches!(cli(&["--names", "--kill"]), Err(ParseError::Clap(_))));
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(matches!(cli(&["-h"]), Err(ParseError::Usage)));
+        assert!(matches!(cli(&["-names", "-d"]), Err(ParseError::Usage)));
+        assert!(matches!(cli(&["--help"]), Err(ParseError::Clap(_))));
+    }
+
+    #[test]
+    fn usage_text_is_epmds() {
+        assert!(EPMD_USAGE.starts_with(b"usage: epmd [-d|-debug] [DbgExtra...] [-address List]\n"));
+    }
+}

@@ -1,0 +1,51 @@
+//! The `epmd-rs` binary: parse, set up logging, dispatch, map the result to an exit code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use epmd_rs::cli::{self, Action, Config, ParseError};
+use epmd_rs::{client, daemon, logging};
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let cli = match cli::parse(&args) {
+        Ok(cli) => cli,
+        Err(ParseError::Usage) => return usage(),
+        Err(ParseError::Clap(e)) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    let config = match Config::resolve(&cli, |k| std::env::var_os(k)) {
+        Ok(c) => c,
+        Err(cli::ConfigError::Usage) => return usage(),
+        Err(e) => {
+            eprintln!("epmd-rs: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    logging::init(config.debug);
+    match config.action {
+        Action::Client { port, command } => {
+            let out = client::run(port, &command);
+            let _ = std::io::stdout().write_all(&out.stdout);
+            let _ = std::io::stderr().write_all(&out.stderr);
+            ExitCode::from(out.code)
+        }
+        Action::Daemon(d) => match daemon::run(&d, |k| std::env::var_os(k)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("{e}");
+                if !log::log_enabled!(log::Level::Error) {
+                    eprintln!("epmd-rs: {e}");
+                }
+                ExitCode::from(e.exit_code())
+            }
+        },
+    }
+}
+
+fn usage() -> ExitCode {
+    let _ = std::io::stderr().write_all(cli::EPMD_USAGE);
+    ExitCode::from(1)
+}

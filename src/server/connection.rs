@@ -1,0 +1,223 @@
+//! One accepted TCP connection: its phase, its buffers and the non-blocking reads and writes
+//! that move bytes between the socket and the codec.
+//!
+//! The phases and what closes a connection in each are described in `docs/LIFECYCLE.md`.
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::dispatch::After;
+use crate::protocol::{decode_frame, read_limit, FrameError, Request, RequestError, Status};
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// `-delay_accept`: accepted, but not read before the given instant.
+    AcceptDelay(Instant),
+    /// Collecting the bytes of the one request a connection may send.
+    Reading,
+    /// `-delay_write`: the reply is ready but not written before the given instant.
+    WriteDelay(Instant, After),
+    /// Writing the reply; then doing what `After` says.
+    Writing(After),
+    /// A registration connection (after an ALIVE2 reply, whether or not it registered): no
+    /// deadline; any readable event (data, EOF, error) ends it.
+    Registered,
+}
+
+/// Why a connection is closed without a reply (for logs and counters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed or reset before the request was complete.
+    PeerClosed,
+    /// A read or write failed.
+    IoError,
+    /// The framing was violated.
+    Frame(FrameError),
+    /// The payload is not a request we answer.
+    Request(RequestError),
+}
+
+/// The result of reading from a connection in the [`Phase::Reading`] phase.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// The request is not complete yet.
+    Pending,
+    /// A complete, decoded request.
+    Request(Request),
+    /// Close without a reply.
+    Close(CloseReason),
+}
+
+/// An accepted connection.
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Whether the peer is local (spec §5), decided at accept time.
+    pub local: bool,
+    /// The phase.
+    pub phase: Phase,
+    /// The key of this connection's entry in the server's timer set, if it has one.
+    pub timer: Option<Instant>,
+    /// The request deadline (accept time + packet timeout); `None` once registered.
+    pub deadline: Option<Instant>,
+    /// The interest currently registered with the poll.
+    pub interest: Interest,
+    /// Bytes of a request that came in more than one read.
+    rx: Vec<u8>,
+    /// Reply bytes not yet written.
+    tx: Vec<u8>,
+    tx_pos: usize,
+}
+
+impl Connection {
+    /// A new connection in `phase`, with its request deadline.
+    pub fn new(stream: TcpStream, local: bool, phase: Phase, deadline: Instant) -> Connection {
+        Connection {
+            stream,
+            local,
+            phase,
+            timer: None,
+            deadline: Some(deadline),
+            interest: Interest::READABLE,
+            rx: Vec::new(),
+            tx: Vec::new(),
+            tx_pos: 0,
+        }
+    }
+
+    /// Reads what the C epmd would read (see [`read_limit`]) until the request is complete,
+    /// the socket would block, or the connection must close.
+    pub fn read_request(&mut self, scratch: &mut [u8]) -> ReadOutcome {
+        loop {
+            let limit = read_limit(&self.rx).min(scratch.len());
+            if limit == 0 {
+                // Only reachable if the buffer already holds an invalid or complete frame.
+                return self.decode_buffered();
+            }
+            match self.stream.read(&mut scratch[..limit]) {
+                Ok(0) => return ReadOutcome::Close(CloseReason::PeerClosed),
+                Ok(n) => {
+                    let got = &scratch[..n];
+                    let outcome = if self.rx.is_empty() {
+                        // The common case: the whole request in one read, decoded in place.
+                        decode(got)
+                    } else {
+                        self.rx.extend_from_slice(got);
+                        self.decode_buffered()
+                    };
+                    match outcome {
+                        ReadOutcome::Pending => {
+                            if self.rx.is_empty() {
+                                self.rx.extend_from_slice(got);
+                            }
+                        }
+                        done => {
+                            self.rx = Vec::new();
+                            return done;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return ReadOutcome::Close(CloseReason::IoError),
+            }
+        }
+    }
+
+    fn decode_buffered(&mut self) -> ReadOutcome {
+        decode(&self.rx)
+    }
+
+    /// Checks a registration connection: true when the peer has closed, reset or sent data,
+    /// any of which ends the registration (spec §4.6). Reads (and discards) what is there.
+    pub fn registration_ended(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(_) => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Like [`registration_ended`](Self::registration_ended) but without consuming anything:
+    /// used to detect a registration whose peer is already gone (upstream issue #11083).
+    pub fn peer_gone(&self) -> bool {
+        let mut buf = [0u8; 1];
+        match self.stream.peek(&mut buf) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
+        }
+    }
+
+    /// Queues `reply` to be written.
+    pub fn queue(&mut self, reply: Vec<u8>) {
+        self.tx = reply;
+        self.tx_pos = 0;
+    }
+
+    /// True while reply bytes wait to be written.
+    pub fn has_pending_output(&self) -> bool {
+        self.tx_pos < self.tx.len()
+    }
+
+    /// Writes queued bytes until done (`Ok(true)`) or the socket would block (`Ok(false)`).
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.tx_pos < self.tx.len() {
+            match self.stream.write(&self.tx[self.tx_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.tx_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.tx = Vec::new();
+        self.tx_pos = 0;
+        Ok(true)
+    }
+
+    /// The interest this connection needs: readable always (EOF must be seen), writable
+    /// while output is pending.
+    pub fn wanted_interest(&self) -> Interest {
+        if self.has_pending_output() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+
+    /// When this connection next needs attention from the timer: its delay, if any, or its
+    /// deadline.
+    pub fn next_timer(&self) -> Option<Instant> {
+        let delay = match self.phase {
+            Phase::AcceptDelay(t) | Phase::WriteDelay(t, _) => Some(t),
+            _ => None,
+        };
+        match (delay, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn decode(buf: &[u8]) -> ReadOutcome {
+    match decode_frame(buf) {
+        Ok(Status::Partial) => ReadOutcome::Pending,
+        Ok(Status::Complete(payload)) => match Request::decode(payload) {
+            Ok(req) => ReadOutcome::Request(req),
+            Err(e) => ReadOutcome::Close(CloseReason::Request(e)),
+        },
+        Err(e) => ReadOutcome::Close(CloseReason::Frame(e)),
+    }
+}

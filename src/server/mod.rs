@@ -1,0 +1,479 @@
+//! The thin mio layer: one `Poll` on one thread moves bytes between sockets and the pure
+//! [`protocol`](crate::protocol) and [`registry`](crate::registry).
+//!
+//! Every request has a total deadline measured from accept (not refreshed per byte); a
+//! registration connection has none and lives until its peer closes it or sends anything.
+//! Accept errors never end the process: accepting pauses briefly and resumes.
+
+pub mod connection;
+pub mod dispatch;
+pub mod listener;
+pub mod peer;
+pub mod token;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, trace, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::protocol::tag::FIRST_READ_BYTES;
+use crate::registry::{ConnId, Limits, Registry};
+use connection::{CloseReason, Connection, Phase, ReadOutcome};
+use dispatch::{After, DispatchConfig, Event, Origin};
+use token::{listener_index, ConnTokens};
+
+/// How long accepting pauses after an accept error such as EMFILE, unless a connection
+/// closes (and frees an fd) sooner.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Settings of the daemon loop.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// How requests are answered.
+    pub dispatch: DispatchConfig,
+    /// Total time a non-registration connection may take, from accept to reply written.
+    pub packet_timeout: Duration,
+    /// `-delay_accept`: a new connection is not read before this much time has passed.
+    pub delay_accept: Option<Duration>,
+    /// `-delay_write`: each reply waits this long before it is written (without blocking
+    /// other connections, unlike the C epmd's sleep).
+    pub delay_write: Option<Duration>,
+    /// Registry bounds.
+    pub limits: Limits,
+}
+
+/// Why [`Server::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// A KILL_REQ was honoured: exit with status 0.
+    Killed,
+}
+
+/// The daemon: listeners, connections, timers and the registry.
+#[derive(Debug)]
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    conns: HashMap<Token, Connection>,
+    tokens: ConnTokens,
+    /// `(when, connection)`: one entry per connection with a deadline or delay.
+    timers: BTreeSet<(Instant, Token)>,
+    registry: Registry,
+    config: ServerConfig,
+    accept_paused_until: Option<Instant>,
+    scratch: Box<[u8]>,
+}
+
+impl Server {
+    /// A server on already bound, non-blocking listening sockets.
+    pub fn new(
+        listeners: Vec<std::net::TcpListener>,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut mio_listeners = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            l.set_nonblocking(true)?;
+            let mut l = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut l, token::listener(i), Interest::READABLE)?;
+            mio_listeners.push(l);
+        }
+        Ok(Server {
+            poll,
+            listeners: mio_listeners,
+            conns: HashMap::new(),
+            tokens: ConnTokens::new(),
+            timers: BTreeSet::new(),
+            registry: Registry::new(config.limits),
+            config,
+            accept_paused_until: None,
+            scratch: vec![0u8; FIRST_READ_BYTES].into_boxed_slice(),
+        })
+    }
+
+    /// The addresses the daemon listens on.
+    pub fn local_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The registry (read-only).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs the loop until a KILL is honoured or polling fails.
+    pub fn run(&mut self) -> io::Result<Shutdown> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                let token = event.token();
+                if let Some(i) = listener_index(token) {
+                    if self.accept_paused_until.is_none() {
+                        self.accept_from(i);
+                    }
+                } else if let Some(shutdown) = self.connection_ready(token) {
+                    return Ok(shutdown);
+                }
+            }
+            if let Some(shutdown) = self.handle_timers(Instant::now()) {
+                return Ok(shutdown);
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        let timer = self.timers.first().map(|(t, _)| *t);
+        let next = match (timer, self.accept_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn accept_from(&mut self, index: usize) {
+        loop {
+            let accepted = match self.listeners.get(index) {
+                Some(l) => l.accept(),
+                None => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM...: never fatal (CVE-2026-42792).
+                    // The pending connection stays in the backlog; with edge-triggered
+                    // readiness no event repeats, so there is no busy loop.
+                    warn!("error in accept: {e}; pausing accept");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resume_accept(&mut self) {
+        self.accept_paused_until = None;
+        for i in 0..self.listeners.len() {
+            if self.accept_paused_until.is_some() {
+                break;
+            }
+            self.accept_from(i);
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+        let local = match stream.local_addr() {
+            Ok(addr) => peer::is_local(peer, addr),
+            Err(_) => false,
+        };
+        let token = self.tokens.next();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            warn!("cannot register connection from {peer}: {e}");
+            return;
+        }
+        let now = Instant::now();
+        let phase = match self.config.delay_accept {
+            Some(d) => Phase::AcceptDelay(now + d),
+            None => Phase::Reading,
+        };
+        trace!("accepted {peer} (local: {local}) as {token:?}");
+        let conn = Connection::new(stream, local, phase, now + self.config.packet_timeout);
+        self.conns.insert(token, conn);
+        self.rearm(token);
+    }
+
+    /// Handles readiness of a connection. Events may be spurious: every syscall result is
+    /// checked and `WouldBlock` is the normal end of a turn.
+    fn connection_ready(&mut self, token: Token) -> Option<Shutdown> {
+        let conn = self.conns.get_mut(&token)?;
+        match conn.phase {
+            Phase::AcceptDelay(_) | Phase::WriteDelay(..) => None,
+            Phase::Reading => self.read_and_dispatch(token),
+            Phase::Writing(after) => self.continue_writing(token, after),
+            Phase::Registered => {
+                if conn.has_pending_output() {
+                    if let Err(e) = conn.flush() {
+                        debug!("write to registration connection failed: {e}");
+                        self.close(token);
+                        return None;
+                    }
+                    self.update_interest(token);
+                }
+                self.check_registration(token);
+                None
+            }
+        }
+    }
+
+    fn read_and_dispatch(&mut self, token: Token) -> Option<Shutdown> {
+        let conn = self.conns.get_mut(&token)?;
+        match conn.read_request(&mut self.scratch) {
+            ReadOutcome::Pending => None,
+            ReadOutcome::Close(reason) => {
+                log_close(token, reason);
+                self.close(token);
+                None
+            }
+            ReadOutcome::Request(request) => {
+                trace!("{token:?}: {request:?}");
+                self.dispatch(token, request)
+            }
+        }
+    }
+
+    fn dispatch(&mut self, token: Token, request: crate::protocol::Request) -> Option<Shutdown> {
+        let conn = self.conns.get(&token)?;
+        let origin = Origin {
+            conn: conn_id(token),
+            fd: u32::try_from(conn.stream.as_raw_fd()).unwrap_or(0),
+            local: conn.local,
+        };
+        let conns = &self.conns;
+        let action = dispatch::handle(
+            request,
+            origin,
+            &self.config.dispatch,
+            &mut self.registry,
+            unix_now(),
+            |owner| {
+                conns
+                    .get(&Token(owner.0 as usize))
+                    .is_none_or(|c| c.peer_gone())
+            },
+        );
+        log_event(token, &action.event);
+        if let Some(other) = action.close {
+            self.close(Token(other.0 as usize));
+        }
+        if action.reply.is_empty() {
+            self.close(token);
+            return None;
+        }
+        let conn = self.conns.get_mut(&token)?;
+        conn.queue(action.reply);
+        match self.config.delay_write {
+            Some(d) => {
+                conn.phase = Phase::WriteDelay(Instant::now() + d, action.after);
+                self.rearm(token);
+                None
+            }
+            None => {
+                conn.phase = Phase::Writing(action.after);
+                self.continue_writing(token, action.after)
+            }
+        }
+    }
+
+    fn continue_writing(&mut self, token: Token, after: After) -> Option<Shutdown> {
+        let conn = self.conns.get_mut(&token)?;
+        match conn.flush() {
+            Ok(true) => self.finish_reply(token, after),
+            Ok(false) => {
+                if after == After::Register {
+                    // The registration stands while its reply waits for buffer space.
+                    self.become_registration(token);
+                } else {
+                    self.update_interest(token);
+                }
+                None
+            }
+            Err(e) => {
+                debug!("{token:?}: write failed: {e}");
+                // A failed ALIVE2 reply unregisters the name again (close does that).
+                self.close(token);
+                None
+            }
+        }
+    }
+
+    fn finish_reply(&mut self, token: Token, after: After) -> Option<Shutdown> {
+        match after {
+            After::Close => {
+                self.close(token);
+                None
+            }
+            After::Register => {
+                self.become_registration(token);
+                None
+            }
+            After::Exit => Some(Shutdown::Killed),
+        }
+    }
+
+    fn become_registration(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        conn.phase = Phase::Registered;
+        conn.deadline = None;
+        self.rearm(token);
+        self.update_interest(token);
+        // Bytes that arrived behind the request (or an EOF) are already waiting and will
+        // produce no new edge: look now, as the C epmd's next select would.
+        self.check_registration(token);
+    }
+
+    fn check_registration(&mut self, token: Token) {
+        let ended = match self.conns.get_mut(&token) {
+            Some(conn) => conn.registration_ended(),
+            None => return,
+        };
+        if ended {
+            self.close(token);
+        }
+    }
+
+    fn update_interest(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let wanted = conn.wanted_interest();
+        if wanted != conn.interest {
+            match self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, token, wanted)
+            {
+                Ok(()) => conn.interest = wanted,
+                Err(e) => warn!("{token:?}: cannot change interest: {e}"),
+            }
+        }
+    }
+
+    /// Puts the connection's timer entry where its phase needs it.
+    fn rearm(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let next = conn.next_timer();
+        if next == conn.timer {
+            return;
+        }
+        if let Some(old) = conn.timer.take() {
+            self.timers.remove(&(old, token));
+        }
+        if let Some(t) = next {
+            self.timers.insert((t, token));
+            conn.timer = Some(t);
+        }
+    }
+
+    fn handle_timers(&mut self, now: Instant) -> Option<Shutdown> {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.resume_accept();
+        }
+        while let Some(&(when, token)) = self.timers.first() {
+            if when > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(conn) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            conn.timer = None;
+            if conn.deadline.is_some_and(|d| d <= now) {
+                debug!("{token:?}: packet timeout");
+                self.close(token);
+                continue;
+            }
+            match conn.phase {
+                Phase::AcceptDelay(t) if t <= now => {
+                    conn.phase = Phase::Reading;
+                    self.rearm(token);
+                    if let Some(s) = self.read_and_dispatch(token) {
+                        return Some(s);
+                    }
+                }
+                Phase::WriteDelay(t, after) if t <= now => {
+                    conn.phase = Phase::Writing(after);
+                    self.rearm(token);
+                    if let Some(s) = self.continue_writing(token, after) {
+                        return Some(s);
+                    }
+                }
+                _ => self.rearm(token),
+            }
+        }
+        None
+    }
+
+    /// Closes a connection: its registration (if any) moves to the old list, its timer and
+    /// poll registration go, and the socket is closed.
+    fn close(&mut self, token: Token) {
+        let Some(mut conn) = self.conns.remove(&token) else {
+            return;
+        };
+        if let Some(t) = conn.timer.take() {
+            self.timers.remove(&(t, token));
+        }
+        if let Some(reg) = self.registry.unregister_conn(conn_id(token)) {
+            info!("unregistering '{}'", reg.info.name);
+        }
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        drop(conn);
+        if self.accept_paused_until.is_some() {
+            // An fd was freed: try accepting again at once.
+            self.resume_accept();
+        }
+    }
+}
+
+fn conn_id(token: Token) -> ConnId {
+    ConnId(token.0 as u64)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn log_close(token: Token, reason: CloseReason) {
+    match reason {
+        CloseReason::PeerClosed | CloseReason::IoError => {
+            debug!("{token:?}: closed before a complete request ({reason:?})")
+        }
+        CloseReason::Frame(e) => info!("{e}"),
+        CloseReason::Request(e) => info!("{e}"),
+    }
+}
+
+fn log_event(token: Token, event: &Event) {
+    match event {
+        Event::Registered { creation } | Event::ReplacedDeadOwner { creation } => {
+            debug!("{token:?}: registered, creation {creation}")
+        }
+        Event::Duplicate => info!("node name already occupied"),
+        Event::BadName(e) => info!("{e}"),
+        Event::NotLocal => info!("non-local peer sent a local-only request"),
+        other => debug!("{token:?}: {other:?}"),
+    }
+}
