@@ -82,9 +82,7 @@ fn listeners(
     let passed = systemd::listen_fds_count(std::process::id(), &env);
     if passed > 0 {
         if passed > MAX_LISTENERS {
-            return Err(Error::Listen(
-                crate::server::listener::ListenError::TooMany,
-            ));
+            return Err(Error::Listen(crate::server::listener::ListenError::TooMany));
         }
         // SAFETY: LISTEN_PID names this process, so fds 3.. were passed to us by the
         // service manager and nothing in this process has taken them.

@@ -43,14 +43,27 @@ mod tests {
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| OsString::from(v))
+        }
     }
 
     #[test]
     fn counts_only_fds_meant_for_us() {
-        assert_eq!(listen_fds_count(42, env(&[("LISTEN_PID", "42"), ("LISTEN_FDS", "2")])), 2);
-        assert_eq!(listen_fds_count(42, env(&[("LISTEN_PID", "41"), ("LISTEN_FDS", "2")])), 0);
+        assert_eq!(
+            listen_fds_count(42, env(&[("LISTEN_PID", "42"), ("LISTEN_FDS", "2")])),
+            2
+        );
+        assert_eq!(
+            listen_fds_count(42, env(&[("LISTEN_PID", "41"), ("LISTEN_FDS", "2")])),
+            0
+        );
         assert_eq!(listen_fds_count(42, env(&[("LISTEN_FDS", "2")])), 0);
-        assert_eq!(listen_fds_count(42, env(&[("LISTEN_PID", "42"), ("LISTEN_FDS", "x")])), 0);
+        assert_eq!(
+            listen_fds_count(42, env(&[("LISTEN_PID", "42"), ("LISTEN_FDS", "x")])),
+            0
+        );
     }
 }

@@ -101,7 +101,10 @@ impl std::error::Error for ConfigError {}
 
 impl Config {
     /// Resolves `cli` against the environment given by `env` (a variable lookup).
-    pub fn resolve(cli: &Cli, env: impl Fn(&str) -> Option<OsString>) -> Result<Config, ConfigError> {
+    pub fn resolve(
+        cli: &Cli,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
         let env_str = |k: &str| env(k).map(|v| v.to_string_lossy().into_owned());
         let port = match &cli.port {
             Some(p) => match atoi(p) {
@@ -145,13 +148,14 @@ impl Config {
                 },
             }
         };
-        let packet_timeout = seconds(&cli.packet_timeout)?
-            .unwrap_or(Duration::from_secs(DEFAULT_PACKET_TIMEOUT));
+        let packet_timeout =
+            seconds(&cli.packet_timeout)?.unwrap_or(Duration::from_secs(DEFAULT_PACKET_TIMEOUT));
         Ok(Config {
             action: Action::Daemon(DaemonConfig {
                 configured_port: port,
                 addresses,
-                relaxed: cli.relaxed_command_check || env("ERL_EPMD_RELAXED_COMMAND_CHECK").is_some(),
+                relaxed: cli.relaxed_command_check
+                    || env("ERL_EPMD_RELAXED_COMMAND_CHECK").is_some(),
                 packet_timeout,
                 delay_accept: seconds(&cli.delay_accept)?,
                 delay_write: seconds(&cli.delay_write)?,
@@ -209,10 +213,14 @@ mod tests {
     fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         let cli = super::super::parse(&args).unwrap();
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::resolve(&cli, |k| {
-            env.iter().find(|(ek, _)| ek == k).map(|(_, v)| OsString::from(v))
+            env.iter()
+                .find(|(ek, _)| ek == k)
+                .map(|(_, v)| OsString::from(v))
         })
     }
 
@@ -247,7 +255,10 @@ mod tests {
     #[test]
     fn port_from_flag_env_and_wrapping() {
         assert_eq!(daemon(&["-port", "14369"], &[]).configured_port, 14369);
-        assert_eq!(daemon(&[], &[("ERL_EPMD_PORT", "5000")]).configured_port, 5000);
+        assert_eq!(
+            daemon(&[], &[("ERL_EPMD_PORT", "5000")]).configured_port,
+            5000
+        );
         assert_eq!(
             daemon(&["-port", "6000"], &[("ERL_EPMD_PORT", "5000")]).configured_port,
             6000
@@ -261,7 +272,17 @@ mod tests {
 
     #[test]
     fn seconds_must_be_positive() {
-        let d = daemon(&["-packet_timeout", "5", "-delay_accept", "1", "-delay_write", "2"], &[]);
+        let d = daemon(
+            &[
+                "-packet_timeout",
+                "5",
+                "-delay_accept",
+                "1",
+                "-delay_write",
+                "2",
+            ],
+            &[],
+        );
         assert_eq!(d.packet_timeout, Duration::from_secs(5));
         assert_eq!(d.delay_accept, Some(Duration::from_secs(1)));
         assert_eq!(d.delay_write, Some(Duration::from_secs(2)));
@@ -283,7 +304,11 @@ mod tests {
             Some(vec![ip("10.0.0.1")])
         );
         assert_eq!(
-            daemon(&["-address", "10.0.0.2"], &[("ERL_EPMD_ADDRESS", "10.0.0.1")]).addresses,
+            daemon(
+                &["-address", "10.0.0.2"],
+                &[("ERL_EPMD_ADDRESS", "10.0.0.1")]
+            )
+            .addresses,
             Some(vec![ip("10.0.0.2")])
         );
         assert_eq!(daemon(&["-address", " , ,"], &[]).addresses, None);

@@ -115,7 +115,10 @@ mod tests {
         assert_eq!(norm(&["-d"]).unwrap(), ["--debug"]);
         assert_eq!(norm(&["-debug", "-d"]).unwrap(), ["--debug", "--debug"]);
         assert_eq!(norm(&["-daemon"]).unwrap(), ["--daemon"]);
-        assert_eq!(norm(&["-relaxed_command_check"]).unwrap(), ["--relaxed-command-check"]);
+        assert_eq!(
+            norm(&["-relaxed_command_check"]).unwrap(),
+            ["--relaxed-command-check"]
+        );
         assert_eq!(norm(&["-systemd"]).unwrap(), ["--systemd"]);
     }
 
@@ -127,7 +130,10 @@ mod tests {
             norm(&["-address", "127.0.0.1,::1"]).unwrap(),
             ["--address=127.0.0.1,::1"]
         );
-        assert_eq!(norm(&["-packet_timeout", "5"]).unwrap(), ["--packet-timeout=5"]);
+        assert_eq!(
+            norm(&["-packet_timeout", "5"]).unwrap(),
+            ["--packet-timeout=5"]
+        );
         assert_eq!(norm(&["-delay_accept", "1"]).unwrap(), ["--delay-accept=1"]);
         assert_eq!(norm(&["-delay_write", "2"]).unwrap(), ["--delay-write=2"]);
         assert_eq!(norm(&["-port"]), Err(UsageError));
@@ -136,12 +142,18 @@ mod tests {
 
     #[test]
     fn client_options_must_be_last() {
-        assert_eq!(norm(&["-port", "1", "-names"]).unwrap(), ["--port=1", "--names"]);
+        assert_eq!(
+            norm(&["-port", "1", "-names"]).unwrap(),
+            ["--port=1", "--names"]
+        );
         assert_eq!(norm(&["-dump"]).unwrap(), ["--dump"]);
         assert_eq!(norm(&["-started"]).unwrap(), ["--started"]);
         assert_eq!(norm(&["-kill"]).unwrap(), ["--kill"]);
         assert_eq!(norm(&["-stop", "foo"]).unwrap(), ["--stop=foo"]);
-        assert_eq!(norm(&["-d", "-stop", "-x"]).unwrap(), ["--debug", "--stop=-x"]);
+        assert_eq!(
+            norm(&["-d", "-stop", "-x"]).unwrap(),
+            ["--debug", "--stop=-x"]
+        );
         assert_eq!(norm(&["-names", "-d"]), Err(UsageError));
         assert_eq!(norm(&["-kill", "-port", "1"]), Err(UsageError));
         assert_eq!(norm(&["-stop"]), Err(UsageError));
@@ -158,7 +170,10 @@ mod tests {
     #[test]
     fn modern_spellings_and_subcommands_pass_through() {
         assert_eq!(norm(&["--help"]).unwrap(), ["--help"]);
-        assert_eq!(norm(&["-d", "--port", "5"]).unwrap(), ["--debug", "--port", "5"]);
+        assert_eq!(
+            norm(&["-d", "--port", "5"]).unwrap(),
+            ["--debug", "--port", "5"]
+        );
         assert_eq!(norm(&["help", "-x"]).unwrap(), ["help", "-x"]);
     }
 }

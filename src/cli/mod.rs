@@ -73,7 +73,12 @@ pub struct Cli {
     pub kill: bool,
 
     /// Client: forcibly unregister NAME (needs a relaxed command check in the daemon).
-    #[arg(long, value_name = "NAME", group = "client", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "NAME",
+        group = "client",
+        allow_hyphen_values = true
+    )]
     pub stop: Option<String>,
 }
 
@@ -153,7 +158,10 @@ mod tests {
         assert!(cli(&["-started"]).unwrap().started);
         assert!(cli(&["-kill"]).unwrap().kill);
         assert_eq!(cli(&["-stop", "n"]).unwrap().stop.as_deref(), Some("n"));
-        assert!(matches!(cli(&["--names", "--kill"]), Err(ParseError::Clap(_))));
+        assert!(matches!(
+            cli(&["--names", "--kill"]),
+            Err(ParseError::Clap(_))
+        ));
     }
 
     #[test]

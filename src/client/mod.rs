@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::cli::ClientCommand;
-use crate::protocol::{Request, encode_frame};
+use crate::protocol::{encode_frame, Request};
 use output::Outcome;
 
 /// How long a client command waits for the daemon to answer.

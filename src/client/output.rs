@@ -85,7 +85,10 @@ pub fn stop(read: io::Result<Vec<u8>>) -> Outcome {
 
 fn responded_with(partial: &[u8]) -> Outcome {
     // printf("%s") stops at a NUL.
-    let end = partial.iter().position(|&b| b == 0).unwrap_or(partial.len());
+    let end = partial
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(partial.len());
     let mut out = b"epmd: local epmd responded with <".to_vec();
     out.extend_from_slice(&partial[..end]);
     out.extend_from_slice(b">\n");
@@ -114,7 +117,10 @@ mod tests {
             listing(&ClientCommand::Dump, b"\x00\x00"),
             Outcome::stdout(b"epmd: no response from local epmd\n".to_vec(), 1)
         );
-        assert_eq!(listing(&ClientCommand::Started, b"\x00\x00\x00\x01"), Outcome::silent(0));
+        assert_eq!(
+            listing(&ClientCommand::Started, b"\x00\x00\x00\x01"),
+            Outcome::silent(0)
+        );
         assert_eq!(listing(&ClientCommand::Started, b""), Outcome::silent(1));
     }
 
@@ -126,7 +132,10 @@ mod tests {
             kill(Ok(Vec::new())).stdout,
             b"epmd: local epmd responded with <>\n"
         );
-        assert_eq!(stop(Ok(b"STOPPED".to_vec())), Outcome::stdout(b"STOPPED\n".to_vec(), 0));
+        assert_eq!(
+            stop(Ok(b"STOPPED".to_vec())),
+            Outcome::stdout(b"STOPPED\n".to_vec(), 0)
+        );
         assert_eq!(stop(Ok(b"NOEXIST".to_vec())).stdout, b"NOEXIST\n");
         assert_eq!(
             stop(Err(io::ErrorKind::ConnectionReset.into())).stdout,

@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(decode_frame(&[]), Ok(Status::Partial));
         assert_eq!(decode_frame(&[0x00]), Ok(Status::Partial));
         assert_eq!(decode_frame(&[0x00, 0x01]), Ok(Status::Partial));
-        assert_eq!(decode_frame(&[0x00, 0x01, 0x6E]), Ok(Status::Complete(&[0x6E][..])));
+        assert_eq!(
+            decode_frame(&[0x00, 0x01, 0x6E]),
+            Ok(Status::Complete(&[0x6E][..]))
+        );
     }
 
     #[test]
@@ -101,7 +104,10 @@ mod tests {
     fn trailing_bytes_are_an_error() {
         assert_eq!(
             decode_frame(&[0x00, 0x01, 0x6E, 0x00]),
-            Err(FrameError::TrailingBytes { expected: 1, got: 2 })
+            Err(FrameError::TrailingBytes {
+                expected: 1,
+                got: 2
+            })
         );
     }
 

@@ -26,7 +26,8 @@ impl<'a> Reader<'a> {
 
     /// The next four bytes as a big-endian `u32`.
     pub fn u32_be(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// The next `n` bytes, or `None` (consuming nothing) if fewer remain.

@@ -136,15 +136,7 @@ fn decode_alive2(payload: &[u8]) -> Result<Alive2Request, RequestError> {
     }
     let mut r = Reader::new(payload);
     let _tag = r.u8();
-    let fixed = (|| {
-        Some((
-            r.u16_be()?,
-            r.u8()?,
-            r.u8()?,
-            r.u16_be()?,
-            r.u16_be()?,
-        ))
-    })();
+    let fixed = (|| Some((r.u16_be()?, r.u8()?, r.u8()?, r.u16_be()?, r.u16_be()?)))();
     let (port, node_type, protocol, highest_version, lowest_version) =
         fixed.ok_or(RequestError::Alive2TooShort)?;
     let name = r.len_prefixed().ok_or(RequestError::NameBeyondData)?;

@@ -41,7 +41,10 @@ impl Alive2Reply {
     pub fn new(highest_version: u16, outcome: Result<u32, ()>) -> Alive2Reply {
         let extended = highest_version >= EXTENDED_VERSION;
         match (outcome, extended) {
-            (Ok(cr), true) => Alive2Reply::Extended { result: 0, creation: cr },
+            (Ok(cr), true) => Alive2Reply::Extended {
+                result: 0,
+                creation: cr,
+            },
             (Ok(cr), false) => Alive2Reply::Short {
                 result: 0,
                 // cr % 3 + 1 is in 1..=3, so the cast cannot truncate.
@@ -94,9 +97,7 @@ impl Alive2Reply {
     /// True when the registration was accepted.
     pub fn is_success(&self) -> bool {
         match *self {
-            Alive2Reply::Extended { result, .. } | Alive2Reply::Short { result, .. } => {
-                result == 0
-            }
+            Alive2Reply::Extended { result, .. } | Alive2Reply::Short { result, .. } => result == 0,
         }
     }
 }

@@ -120,7 +120,10 @@ impl Registry {
             return Err(RegisterError::ConnectionBusy);
         }
         let creation = if let Some(seq) = self.old_by_name.remove(&info.name) {
-            let slot = self.old.remove(&seq).expect("old index points at an old slot");
+            let slot = self
+                .old
+                .remove(&seq)
+                .expect("old index points at an old slot");
             creation::bump(slot.creation)
         } else if self.old.len() > self.limits.old_list_threshold {
             let (_, slot) = self.old.pop_first().expect("old list is not empty");
@@ -215,7 +218,10 @@ impl Registry {
     }
 
     fn retire(&mut self, seq: u64) -> Registration {
-        let reg = self.live.remove(&seq).expect("index points at a live registration");
+        let reg = self
+            .live
+            .remove(&seq)
+            .expect("index points at a live registration");
         self.live_by_name.remove(&reg.info.name);
         let old_seq = self.next_seq();
         self.old_by_name.insert(reg.info.name.clone(), old_seq);

@@ -59,7 +59,10 @@ fn unregister_by_connection_moves_to_old_list() {
     assert!(r.unregister_conn(ConnId(1)).is_none());
     assert!(r.unregister_conn(ConnId(99)).is_none());
     assert_eq!(names(&r), ["b"]);
-    let old: Vec<_> = r.old_entries().map(|o| (o.name.as_str(), o.port, o.fd)).collect();
+    let old: Vec<_> = r
+        .old_entries()
+        .map(|o| (o.name.as_str(), o.port, o.fd))
+        .collect();
     assert_eq!(old, [("a", 1, 7)]);
     r.assert_invariants();
 }
@@ -80,14 +83,26 @@ fn unregister_by_name_returns_the_owner() {
 fn creation_sequence_for_new_and_reregistered_names() {
     let mut r = Registry::default();
     // A new name: time + 1.
-    assert_eq!(r.register(ConnId(1), 7, info("a", 1), T0).unwrap(), 1_800_000_001);
+    assert_eq!(
+        r.register(ConnId(1), 7, info("a", 1), T0).unwrap(),
+        1_800_000_001
+    );
     // Another new name in the same second may share it.
-    assert_eq!(r.register(ConnId(2), 7, info("b", 1), T0).unwrap(), 1_800_000_001);
+    assert_eq!(
+        r.register(ConnId(2), 7, info("b", 1), T0).unwrap(),
+        1_800_000_001
+    );
     // Re-registration of the same name: +1 per cycle, whatever the clock says.
     r.unregister_conn(ConnId(1));
-    assert_eq!(r.register(ConnId(3), 7, info("a", 1), T0 + 100).unwrap(), 1_800_000_002);
+    assert_eq!(
+        r.register(ConnId(3), 7, info("a", 1), T0 + 100).unwrap(),
+        1_800_000_002
+    );
     r.unregister_conn(ConnId(3));
-    assert_eq!(r.register(ConnId(4), 7, info("a", 1), T0 + 200).unwrap(), 1_800_000_003);
+    assert_eq!(
+        r.register(ConnId(4), 7, info("a", 1), T0 + 200).unwrap(),
+        1_800_000_003
+    );
     r.assert_invariants();
 }
 
@@ -120,14 +135,25 @@ fn old_list_recycles_the_oldest_slot_past_the_threshold() {
     assert_eq!(r.old_len(), 6);
     // More than 5 old entries: a brand-new name takes the oldest slot ("n0") and keeps its
     // counter unbumped.
-    assert_eq!(r.register(ConnId(100), 7, info("fresh", 1), T0 + 50).unwrap(), 1_800_000_001);
+    assert_eq!(
+        r.register(ConnId(100), 7, info("fresh", 1), T0 + 50)
+            .unwrap(),
+        1_800_000_001
+    );
     assert_eq!(r.old_len(), 5);
     assert!(r.old_entries().all(|o| o.name.as_str() != "n0"));
     // At exactly 5 old entries a new name gets a new slot.
-    assert_eq!(r.register(ConnId(101), 7, info("fresh2", 1), T0 + 60).unwrap(), 1_800_000_061);
+    assert_eq!(
+        r.register(ConnId(101), 7, info("fresh2", 1), T0 + 60)
+            .unwrap(),
+        1_800_000_061
+    );
     assert_eq!(r.old_len(), 5);
     // A name still in the old list is bumped, not recycled.
-    assert_eq!(r.register(ConnId(102), 7, info("n3", 1), T0 + 70).unwrap(), 1_800_000_005);
+    assert_eq!(
+        r.register(ConnId(102), 7, info("n3", 1), T0 + 70).unwrap(),
+        1_800_000_005
+    );
     assert_eq!(r.old_len(), 4);
     r.assert_invariants();
 }
@@ -136,7 +162,8 @@ fn old_list_recycles_the_oldest_slot_past_the_threshold() {
 fn old_entries_are_listed_oldest_first() {
     let mut r = Registry::default();
     for (i, n) in ["x", "y", "z"].iter().enumerate() {
-        r.register(ConnId(i as u64), i as u32, info(n, i as u16), T0).unwrap();
+        r.register(ConnId(i as u64), i as u32, info(n, i as u16), T0)
+            .unwrap();
     }
     r.unregister_conn(ConnId(1));
     r.unregister_conn(ConnId(0));

@@ -116,6 +116,9 @@ pub fn bind_targets(addresses: Option<&[IpAddr]>, port: u16) -> Vec<BindTarget> 
     targets
 }
 
+/// Listening sockets that were bound, and optional targets skipped with their error.
+pub type Bound = (Vec<TcpListener>, Vec<(SocketAddr, io::Error)>);
+
 /// Binds every target (SO_REUSEADDR, IPV6_V6ONLY, non-blocking, backlog [`BACKLOG`]).
 ///
 /// Address-in-use is always fatal (it means an epmd already runs); other failures are
@@ -123,7 +126,7 @@ pub fn bind_targets(addresses: Option<&[IpAddr]>, port: u16) -> Vec<BindTarget> 
 /// that the caller can log it.
 pub fn bind_all(
     targets: &[BindTarget],
-) -> Result<(Vec<TcpListener>, Vec<(SocketAddr, io::Error)>), ListenError> {
+) -> Result<Bound, ListenError> {
     if targets.len() > MAX_ADDRESS_SOCKETS {
         return Err(ListenError::TooMany);
     }
@@ -193,7 +196,10 @@ mod tests {
             [("127.0.0.1:1".into(), true), ("[::1]:1".into(), true)]
         );
         assert_eq!(
-            addrs(&bind_targets(Some(&ips(&["127.0.0.2", "::1", "10.1.2.3"])), 1)),
+            addrs(&bind_targets(
+                Some(&ips(&["127.0.0.2", "::1", "10.1.2.3"])),
+                1
+            )),
             [
                 ("127.0.0.1:1".into(), true),
                 ("[::1]:1".into(), true),
@@ -217,7 +223,9 @@ mod tests {
 
     #[test]
     fn too_many_addresses_are_refused() {
-        let list: Vec<IpAddr> = (2..16).map(|i| format!("127.0.0.{i}").parse().unwrap()).collect();
+        let list: Vec<IpAddr> = (2..16)
+            .map(|i| format!("127.0.0.{i}").parse().unwrap())
+            .collect();
         let targets = bind_targets(Some(&list), 0);
         assert_eq!(targets.len(), 16);
         assert!(matches!(bind_all(&targets), Err(ListenError::TooMany)));
@@ -225,7 +233,9 @@ mod tests {
 
     #[test]
     fn address_in_use_is_reported() {
-        let first = bind_all(&bind_targets(Some(&ips(&["127.0.0.1"])), 0)).unwrap().0;
+        let first = bind_all(&bind_targets(Some(&ips(&["127.0.0.1"])), 0))
+            .unwrap()
+            .0;
         let port = first[0].local_addr().unwrap().port();
         let again = bind_all(&[BindTarget {
             addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),

@@ -70,10 +70,7 @@ pub struct Server {
 
 impl Server {
     /// A server on already bound, non-blocking listening sockets.
-    pub fn new(
-        listeners: Vec<std::net::TcpListener>,
-        config: ServerConfig,
-    ) -> io::Result<Server> {
+    pub fn new(listeners: Vec<std::net::TcpListener>, config: ServerConfig) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut mio_listeners = Vec::with_capacity(listeners.len());
         for (i, l) in listeners.into_iter().enumerate() {
@@ -189,7 +186,7 @@ impl Server {
             Ok(addr) => peer::is_local(peer, addr),
             Err(_) => false,
         };
-        let token = self.tokens.next();
+        let token = self.tokens.allocate();
         if let Err(e) = self
             .poll
             .registry()

@@ -40,7 +40,10 @@ mod tests {
         assert!(is_local(sa("127.0.0.1:5000"), local));
         assert!(is_local(sa("127.9.9.9:5000"), local));
         assert!(is_local(sa("[::1]:5000"), sa("[::1]:4369")));
-        assert!(is_local(sa("[::ffff:127.0.0.1]:5000"), sa("[::ffff:10.0.0.5]:4369")));
+        assert!(is_local(
+            sa("[::ffff:127.0.0.1]:5000"),
+            sa("[::ffff:10.0.0.5]:4369")
+        ));
         assert!(is_local(sa("10.0.0.5:6000"), local));
         assert!(is_local(sa("[fe80::1]:1"), sa("[fe80::1]:4369")));
     }

@@ -36,7 +36,7 @@ impl ConnTokens {
     }
 
     /// A token never handed out before.
-    pub fn next(&mut self) -> Token {
+    pub fn allocate(&mut self) -> Token {
         let t = Token(self.next);
         self.next += 1;
         t
