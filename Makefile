@@ -8,7 +8,7 @@ PORT ?= 4369
 DEB_PACKAGES := erlang-base systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test deps lint fmt clippy ci clean
+.PHONY: run build test deps bench lint fmt clippy ci clean
 
 # Run the daemon in the foreground on $(PORT) with info logging (Ctrl-C to stop).
 run:
@@ -28,6 +28,10 @@ deps:
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEB_PACKAGES); \
 	fi
+
+# Side-by-side benchmark against the C epmd and a ceiling server (see docs/PERFORMANCE.md).
+bench: deps
+	$(CARGO) bench --locked --bench side_by_side
 
 # Formatting and lints, as CI checks them.
 lint: fmt clippy

@@ -34,11 +34,13 @@ fn main() -> ExitCode {
         }
         Action::Daemon(d) => match daemon::run(&d, |k| std::env::var_os(k)) {
             Ok(_) => ExitCode::SUCCESS,
+            Err(e) if e.exit_code() == 0 && d.daemon => {
+                // `erl` runs `epmd -daemon` at every start: stay quiet, as epmd does.
+                log::info!("{e}");
+                ExitCode::SUCCESS
+            }
             Err(e) => {
-                log::error!("{e}");
-                if !log::log_enabled!(log::Level::Error) {
-                    eprintln!("epmd-rs: {e}");
-                }
+                eprintln!("epmd-rs: {e}");
                 ExitCode::from(e.exit_code())
             }
         },
