@@ -37,6 +37,18 @@ pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Res
             info!("listening on {addr}");
         }
     }
+    let admin = match &config.admin_socket {
+        Some(path) => {
+            let l = crate::server::admin::bind(path, config.admin_group.as_deref())
+                .map_err(Error::Admin)?;
+            info!("admin socket {}", path.display());
+            Some((l, path.clone()))
+        }
+        None => {
+            info!("no admin socket (no runtime directory known)");
+            None
+        }
+    };
     if config.daemon {
         let outcome = daemonize::Daemonize::new()
             .working_directory("/")
@@ -59,8 +71,9 @@ pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Res
         delay_accept: config.delay_accept,
         delay_write: config.delay_write,
         limits: Limits::new(config.debug > 0),
+        report: config.report.clone(),
     };
-    let mut server = Server::new(listeners, server_config).map_err(|source| Error::Io {
+    let mut server = Server::new(listeners, admin, server_config).map_err(|source| Error::Io {
         context: "cannot start the event loop",
         source,
     })?;

@@ -16,6 +16,8 @@ pub enum Error {
     Listen(ListenError),
     /// Detaching with `-daemon` failed.
     Daemonize(daemonize::Error),
+    /// The admin socket could not be created.
+    Admin(crate::server::admin::AdminSocketError),
     /// `-systemd` was given but systemd passed no sockets.
     NoSystemdSockets,
     /// An I/O operation failed.
@@ -44,6 +46,7 @@ impl fmt::Display for Error {
             Error::Config(e) => e.fmt(f),
             Error::Listen(e) => e.fmt(f),
             Error::Daemonize(e) => write!(f, "cannot detach: {e}"),
+            Error::Admin(e) => e.fmt(f),
             Error::NoSystemdSockets => f.write_str("systemd provides no sockets"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }
@@ -56,6 +59,7 @@ impl std::error::Error for Error {
             Error::Config(e) => Some(e),
             Error::Listen(e) => Some(e),
             Error::Daemonize(e) => Some(e),
+            Error::Admin(e) => Some(e),
             Error::Io { source, .. } => Some(source),
             Error::NoSystemdSockets => None,
         }

@@ -32,6 +32,33 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().write_all(&out.stderr);
             ExitCode::from(out.code)
         }
+        Action::Admin { socket, view, json } => {
+            let Some(path) = socket else {
+                eprintln!(
+                    "epmd-rs: {}",
+                    epmd_rs::admin::client::AdminClientError::NoPath
+                );
+                return ExitCode::from(1);
+            };
+            let mut out = std::io::stdout().lock();
+            match epmd_rs::admin::client::run(&path, view, json, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("epmd-rs: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Action::Query { what, port } => match query(&what, port) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("epmd-rs: {e}");
+                ExitCode::from(1)
+            }
+        },
         Action::Daemon(d) => match daemon::run(&d, |k| std::env::var_os(k)) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) if e.exit_code() == 0 && d.daemon => {
@@ -45,6 +72,34 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn query(what: &cli::QueryWhat, port: u16) -> Result<String, epmd_rs::query::QueryError> {
+    use epmd_rs::query;
+    let json = |v: serde_json::Result<String>| v.unwrap_or_default() + "\n";
+    Ok(match what {
+        cli::QueryWhat::Names { host, json: j, .. } => {
+            let a = query::names(host, port)?;
+            if *j {
+                json(serde_json::to_string(&a))
+            } else {
+                query::names_table(&a)
+            }
+        }
+        cli::QueryWhat::Port {
+            name,
+            host,
+            json: j,
+            ..
+        } => {
+            let a = query::port(host, port, name)?;
+            if *j {
+                json(serde_json::to_string(&a))
+            } else {
+                query::port_table(&a)
+            }
+        }
+    })
 }
 
 fn usage() -> ExitCode {

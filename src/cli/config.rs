@@ -5,9 +5,12 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::Cli;
+use super::{Cli, Command, QueryWhat};
+use crate::admin::socket_path::{default_path, running_as_root};
+use crate::admin::{ConfigEntry, Source, View};
 use crate::protocol::tag::DEFAULT_PORT;
 
 /// Default `-packet_timeout` in seconds.
@@ -24,6 +27,22 @@ pub enum Action {
         port: u16,
         /// The command.
         command: ClientCommand,
+    },
+    /// Show an admin view of the running daemon.
+    Admin {
+        /// The admin socket, if one could be derived.
+        socket: Option<PathBuf>,
+        /// The view.
+        view: View,
+        /// JSON instead of a table.
+        json: bool,
+    },
+    /// Ask an epmd with NAMES or PORT_PLEASE2.
+    Query {
+        /// What to ask (its port resolved).
+        what: QueryWhat,
+        /// The epmd port.
+        port: u16,
     },
 }
 
@@ -64,6 +83,12 @@ pub struct DaemonConfig {
     pub daemon: bool,
     /// `-systemd`.
     pub systemd: bool,
+    /// The admin socket path; `None` when disabled or no runtime directory is known.
+    pub admin_socket: Option<PathBuf>,
+    /// The group allowed to use the admin socket.
+    pub admin_group: Option<String>,
+    /// Every effective setting with its source, for `admin config`.
+    pub report: Vec<ConfigEntry>,
 }
 
 impl DaemonConfig {
@@ -114,6 +139,43 @@ impl Config {
             // The environment value is not validated: garbage gives 0 (ephemeral ports).
             None => env_str("ERL_EPMD_PORT").map_or(i32::from(DEFAULT_PORT), |p| atoi(&p)),
         };
+        let env_port = || env_str("ERL_EPMD_PORT").map_or(DEFAULT_PORT, |p| atoi(&p) as u16);
+        match &cli.command {
+            Some(Command::Admin {
+                view,
+                socket,
+                port,
+                json,
+            }) => {
+                let socket = socket
+                    .clone()
+                    .or_else(|| env("EPMD_RS_ADMIN_SOCKET").map(PathBuf::from))
+                    .or_else(|| {
+                        default_path(port.unwrap_or_else(env_port), running_as_root(), &env)
+                    });
+                return Ok(Config {
+                    action: Action::Admin {
+                        socket,
+                        view: *view,
+                        json: *json,
+                    },
+                    debug: cli.debug,
+                });
+            }
+            Some(Command::Query { what }) => {
+                let port = match what {
+                    QueryWhat::Names { port, .. } | QueryWhat::Port { port, .. } => *port,
+                };
+                return Ok(Config {
+                    action: Action::Query {
+                        what: what.clone(),
+                        port: port.unwrap_or_else(env_port),
+                    },
+                    debug: cli.debug,
+                });
+            }
+            None => {}
+        }
         let client = if cli.names {
             Some(ClientCommand::Names)
         } else if cli.dump {
@@ -150,19 +212,115 @@ impl Config {
         };
         let packet_timeout =
             seconds(&cli.packet_timeout)?.unwrap_or(Duration::from_secs(DEFAULT_PACKET_TIMEOUT));
+        let relaxed_env = env("ERL_EPMD_RELAXED_COMMAND_CHECK").is_some();
+        let admin_socket_source = match (&cli.admin_socket, env("EPMD_RS_ADMIN_SOCKET")) {
+            (Some(p), _) => Some((p.clone(), Source::Flag)),
+            (None, Some(p)) => Some((PathBuf::from(p), Source::Environment)),
+            (None, None) => {
+                default_path(port as u16, running_as_root(), &env).map(|p| (p, Source::Default))
+            }
+        };
+        let admin_socket_source = admin_socket_source.filter(|(p, _)| p.as_os_str() != "none");
+        let admin_group = cli
+            .admin_group
+            .clone()
+            .map(|g| (g, Source::Flag))
+            .or_else(|| env_str("EPMD_RS_ADMIN_GROUP").map(|g| (g, Source::Environment)));
+        let mut daemon = DaemonConfig {
+            configured_port: port,
+            addresses,
+            relaxed: cli.relaxed_command_check || relaxed_env,
+            packet_timeout,
+            delay_accept: seconds(&cli.delay_accept)?,
+            delay_write: seconds(&cli.delay_write)?,
+            debug: cli.debug,
+            daemon: cli.daemon,
+            systemd: cli.systemd,
+            admin_socket: admin_socket_source.as_ref().map(|(p, _)| p.clone()),
+            admin_group: admin_group.as_ref().map(|(g, _)| g.clone()),
+            report: Vec::new(),
+        };
+        let flag_or_env = |flag: bool, var: &str| {
+            if flag {
+                Source::Flag
+            } else if env(var).is_some() {
+                Source::Environment
+            } else {
+                Source::Default
+            }
+        };
+        let flag_or_default = |flag: bool| if flag { Source::Flag } else { Source::Default };
+        let secs = |d: Option<Duration>| d.map_or("0".to_owned(), |d| d.as_secs().to_string());
+        let entry = |key: &str, value: String, source: Source| ConfigEntry {
+            key: key.to_owned(),
+            value,
+            source,
+        };
+        daemon.report = vec![
+            entry(
+                "port",
+                port.to_string(),
+                flag_or_env(cli.port.is_some(), "ERL_EPMD_PORT"),
+            ),
+            entry(
+                "address",
+                daemon
+                    .addresses
+                    .as_ref()
+                    .map_or("0.0.0.0 ::".to_owned(), |a| {
+                        a.iter()
+                            .map(|ip| ip.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }),
+                flag_or_env(cli.address.is_some(), "ERL_EPMD_ADDRESS"),
+            ),
+            entry(
+                "relaxed-command-check",
+                daemon.relaxed.to_string(),
+                flag_or_env(cli.relaxed_command_check, "ERL_EPMD_RELAXED_COMMAND_CHECK"),
+            ),
+            entry(
+                "packet-timeout",
+                packet_timeout.as_secs().to_string(),
+                flag_or_default(cli.packet_timeout.is_some()),
+            ),
+            entry(
+                "delay-accept",
+                secs(daemon.delay_accept),
+                flag_or_default(cli.delay_accept.is_some()),
+            ),
+            entry(
+                "delay-write",
+                secs(daemon.delay_write),
+                flag_or_default(cli.delay_write.is_some()),
+            ),
+            entry(
+                "debug",
+                cli.debug.to_string(),
+                flag_or_default(cli.debug > 0),
+            ),
+            entry(
+                "daemon",
+                cli.daemon.to_string(),
+                flag_or_default(cli.daemon),
+            ),
+            entry(
+                "systemd",
+                cli.systemd.to_string(),
+                flag_or_default(cli.systemd),
+            ),
+            match &admin_socket_source {
+                Some((p, src)) => entry("admin-socket", p.display().to_string(), *src),
+                None => entry("admin-socket", "none".to_owned(), Source::Default),
+            },
+            match &admin_group {
+                Some((g, src)) => entry("admin-group", g.clone(), *src),
+                None => entry("admin-group", "none".to_owned(), Source::Default),
+            },
+        ];
         Ok(Config {
-            action: Action::Daemon(DaemonConfig {
-                configured_port: port,
-                addresses,
-                relaxed: cli.relaxed_command_check
-                    || env("ERL_EPMD_RELAXED_COMMAND_CHECK").is_some(),
-                packet_timeout,
-                delay_accept: seconds(&cli.delay_accept)?,
-                delay_write: seconds(&cli.delay_write)?,
-                debug: cli.debug,
-                daemon: cli.daemon,
-                systemd: cli.systemd,
-            }),
+            action: Action::Daemon(daemon),
             debug: cli.debug,
         })
     }
@@ -316,6 +474,25 @@ mod tests {
             resolve(&["-address", "nope"], &[]),
             Err(ConfigError::ParseAddress("nope".into()))
         );
+    }
+
+    #[test]
+    fn the_report_names_each_source() {
+        let d = daemon(
+            &["-port", "5000", "--admin-socket", "/tmp/a.sock"],
+            &[("ERL_EPMD_ADDRESS", "127.0.0.2")],
+        );
+        let get = |k: &str| d.report.iter().find(|e| e.key == k).unwrap().clone();
+        assert_eq!(
+            (get("port").value, get("port").source),
+            ("5000".into(), Source::Flag)
+        );
+        assert_eq!(get("address").source, Source::Environment);
+        assert_eq!(get("packet-timeout").source, Source::Default);
+        assert_eq!(get("admin-socket").value, "/tmp/a.sock");
+        assert_eq!(d.admin_socket, Some(PathBuf::from("/tmp/a.sock")));
+        let off = daemon(&["--admin-socket", "none"], &[]);
+        assert_eq!(off.admin_socket, None);
     }
 
     #[test]

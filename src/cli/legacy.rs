@@ -22,7 +22,7 @@ impl fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 /// Subcommands of epmd-rs; from one of these on, arguments are passed to clap unchanged.
-pub const SUBCOMMANDS: &[&str] = &["help"];
+pub const SUBCOMMANDS: &[&str] = &["help", "admin", "query"];
 
 /// Flags without a value: epmd spelling → clap spelling.
 const SWITCHES: &[(&str, &str)] = &[
@@ -63,9 +63,23 @@ pub fn normalise(args: &[OsString]) -> Result<Vec<OsString>, UsageError> {
             return Err(UsageError);
         };
         let last = i + 1 == args.len();
-        if text.starts_with("--") || SUBCOMMANDS.contains(&text) {
+        if SUBCOMMANDS.contains(&text) {
             out.extend(args[i..].iter().cloned());
             break;
+        }
+        if text.starts_with("--") {
+            // The modern spelling: a following word that is not a flag or a subcommand is
+            // its value (`--admin-socket /run/x.sock`).
+            out.push(arg.clone());
+            let next = args.get(i + 1).and_then(|a| a.to_str());
+            if let Some(value) = next {
+                if !text.contains('=') && !value.starts_with('-') && !SUBCOMMANDS.contains(&value) {
+                    out.push(args[i + 1].clone());
+                    i += 1;
+                }
+            }
+            i += 1;
+            continue;
         }
         if let Some((_, long)) = SWITCHES.iter().find(|(s, _)| *s == text) {
             out.push(OsString::from(long));
@@ -174,6 +188,18 @@ mod tests {
             norm(&["-d", "--port", "5"]).unwrap(),
             ["--debug", "--port", "5"]
         );
+        assert_eq!(
+            norm(&["--admin-socket", "/x", "-relaxed_command_check"]).unwrap(),
+            ["--admin-socket", "/x", "--relaxed-command-check"]
+        );
+        assert_eq!(
+            norm(&["--debug", "admin", "nodes"]).unwrap(),
+            ["--debug", "admin", "nodes"]
+        );
         assert_eq!(norm(&["help", "-x"]).unwrap(), ["help", "-x"]);
+        assert_eq!(
+            norm(&["admin", "--json", "stats"]).unwrap(),
+            ["admin", "--json", "stats"]
+        );
     }
 }

@@ -4,7 +4,11 @@
 pub mod config;
 pub mod legacy;
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::admin::View;
 
 pub use config::{Action, ClientCommand, Config, ConfigError, DaemonConfig};
 
@@ -80,6 +84,76 @@ pub struct Cli {
         allow_hyphen_values = true
     )]
     pub stop: Option<String>,
+
+    /// Path of the admin Unix socket [default: $RUNTIME_DIRECTORY, /run/epmd-rs (root) or
+    /// $XDG_RUNTIME_DIR/epmd-rs, then admin-PORT.sock; `none` disables it].
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+
+    /// Group allowed to use the admin socket (mode 0660 instead of 0600).
+    #[arg(long, value_name = "GROUP")]
+    pub admin_group: Option<String>,
+
+    /// A subcommand (without one, epmd-rs is the daemon or an epmd client).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Inspect the running daemon over its admin socket.
+    Admin {
+        /// What to show.
+        #[arg(value_enum)]
+        view: View,
+        /// The admin socket [default: derived from the port, as the daemon does].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The daemon's epmd port, used to find its socket [default: $ERL_EPMD_PORT or 4369].
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
+        /// Print JSON (JSON lines for `watch`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask any epmd (this one or the C one, local or remote) with NAMES or PORT_PLEASE2.
+    Query {
+        /// What to ask.
+        #[command(subcommand)]
+        what: QueryWhat,
+    },
+}
+
+/// What `query` asks.
+#[derive(Subcommand, Debug, PartialEq, Eq, Clone)]
+pub enum QueryWhat {
+    /// List the registered names (NAMES).
+    Names {
+        /// Host to ask.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// epmd port [default: $ERL_EPMD_PORT or 4369].
+        #[arg(long)]
+        port: Option<u16>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look one node up (PORT_PLEASE2).
+    Port {
+        /// The node name (the part before `@`).
+        name: String,
+        /// Host to ask.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// epmd port [default: $ERL_EPMD_PORT or 4369].
+        #[arg(long)]
+        port: Option<u16>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Why the command line was refused.

@@ -4,6 +4,7 @@
 //! The phases and what closes a connection in each are described in `docs/LIFECYCLE.md`.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -67,6 +68,14 @@ pub struct Connection {
     pub deadline: Option<Instant>,
     /// The interest currently registered with the poll.
     pub interest: Interest,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The local address the connection arrived on.
+    pub local_addr: Option<SocketAddr>,
+    /// Bytes read so far.
+    pub bytes_in: u64,
+    /// Bytes written so far.
+    pub bytes_out: u64,
     /// Bytes of a request that came in more than one read.
     rx: Vec<u8>,
     /// Reply bytes not yet written.
@@ -76,7 +85,14 @@ pub struct Connection {
 
 impl Connection {
     /// A new connection in `phase`, with its request deadline.
-    pub fn new(stream: TcpStream, local: bool, phase: Phase, deadline: Instant) -> Connection {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        local_addr: Option<SocketAddr>,
+        phase: Phase,
+        deadline: Instant,
+    ) -> Connection {
+        let local = local_addr.is_some_and(|l| super::peer::is_local(peer, l));
         Connection {
             stream,
             local,
@@ -84,6 +100,10 @@ impl Connection {
             timer: None,
             deadline: Some(deadline),
             interest: Interest::READABLE,
+            peer,
+            local_addr,
+            bytes_in: 0,
+            bytes_out: 0,
             rx: Vec::new(),
             tx: Vec::new(),
             tx_pos: 0,
@@ -102,6 +122,7 @@ impl Connection {
             match self.stream.read(&mut scratch[..limit]) {
                 Ok(0) => return ReadOutcome::Close(CloseReason::PeerClosed),
                 Ok(n) => {
+                    self.bytes_in += n as u64;
                     let got = &scratch[..n];
                     let outcome = if self.rx.is_empty() {
                         // The common case: the whole request in one read, decoded in place.
@@ -139,7 +160,10 @@ impl Connection {
         let mut buf = [0u8; 64];
         loop {
             match self.stream.read(&mut buf) {
-                Ok(_) => return true,
+                Ok(n) => {
+                    self.bytes_in += n as u64;
+                    return true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return true,
@@ -176,7 +200,10 @@ impl Connection {
         while self.tx_pos < self.tx.len() {
             match self.stream.write(&self.tx[self.tx_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.tx_pos += n,
+                Ok(n) => {
+                    self.tx_pos += n;
+                    self.bytes_out += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

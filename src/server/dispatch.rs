@@ -9,7 +9,7 @@ use crate::protocol::text::{
     push_dump_active_line, push_dump_old_line, push_names_line, push_port_header,
 };
 use crate::protocol::{Alive2Reply, NameError, Request};
-use crate::registry::{ConnId, RegisterError, Registry};
+use crate::registry::{ConnId, RegisterError, Registration, Registry};
 
 /// Settings that change how requests are answered.
 #[derive(Clone, Copy, Debug)]
@@ -86,9 +86,11 @@ pub struct Action {
     pub reply: Vec<u8>,
     /// What to do with the connection afterwards.
     pub after: After,
-    /// Other connections to close: the registration connection of a STOPped node, or the
+    /// Another connection to close: the registration connection of a STOPped node, or the
     /// dead owner replaced by a re-registration.
     pub close: Option<ConnId>,
+    /// The registration that request removed from the registry (STOP, or a dead owner).
+    pub removed: Option<Registration>,
     /// What happened.
     pub event: Event,
 }
@@ -99,6 +101,7 @@ impl Action {
             reply: Vec::new(),
             after: After::Close,
             close: None,
+            removed: None,
             event,
         }
     }
@@ -108,6 +111,7 @@ impl Action {
             reply,
             after,
             close: None,
+            removed: None,
             event,
         }
     }
@@ -139,13 +143,14 @@ pub fn handle(
             let high = req.highest_version;
             let mut reply = Vec::with_capacity(6);
             let mut close = None;
+            let mut removed = None;
             let (outcome, event) = match req.to_node_info() {
                 Err(e) => (Err(()), Event::BadName(e)),
                 Ok(info) => {
                     match registry.register(origin.conn, origin.fd, info.clone(), now_unix) {
                         Ok(cr) => (Ok(cr), Event::Registered { creation: cr }),
                         Err(RegisterError::Duplicate { owner }) if owner_gone(owner) => {
-                            registry.unregister_conn(owner);
+                            removed = registry.unregister_conn(owner);
                             close = Some(owner);
                             match registry.register(origin.conn, origin.fd, info, now_unix) {
                                 Ok(cr) => (Ok(cr), Event::ReplacedDeadOwner { creation: cr }),
@@ -161,6 +166,7 @@ pub fn handle(
                 reply,
                 after: After::Register,
                 close,
+                removed,
                 event,
             }
         }
@@ -205,6 +211,7 @@ pub fn handle(
                     reply: STOP_STOPPED.to_vec(),
                     after: After::Close,
                     close: Some(reg.conn),
+                    removed: Some(reg),
                     event: Event::Stopped(true),
                 },
                 None => Action::reply(STOP_NOEXIST.to_vec(), After::Close, Event::Stopped(false)),

@@ -124,9 +124,7 @@ pub type Bound = (Vec<TcpListener>, Vec<(SocketAddr, io::Error)>);
 /// Address-in-use is always fatal (it means an epmd already runs); other failures are
 /// fatal only for non-optional targets. Each skipped target is returned with its error so
 /// that the caller can log it.
-pub fn bind_all(
-    targets: &[BindTarget],
-) -> Result<Bound, ListenError> {
+pub fn bind_all(targets: &[BindTarget]) -> Result<Bound, ListenError> {
     if targets.len() > MAX_ADDRESS_SOCKETS {
         return Err(ListenError::TooMany);
     }

@@ -5,10 +5,13 @@
 //! registration connection has none and lives until its peer closes it or sends anything.
 //! Accept errors never end the process: accepting pauses briefly and resumes.
 
+pub mod admin;
+mod admin_views;
 pub mod connection;
 pub mod dispatch;
 pub mod listener;
 pub mod peer;
+pub mod stats;
 pub mod token;
 
 use std::collections::{BTreeSet, HashMap};
@@ -20,10 +23,13 @@ use log::{debug, info, trace, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use crate::admin::ConfigEntry;
 use crate::protocol::tag::FIRST_READ_BYTES;
 use crate::registry::{ConnId, Limits, Registry};
+use admin::{AdminConn, AdminListener};
 use connection::{CloseReason, Connection, Phase, ReadOutcome};
 use dispatch::{After, DispatchConfig, Event, Origin};
+use stats::Stats;
 use token::{listener_index, ConnTokens};
 
 /// How long accepting pauses after an accept error such as EMFILE, unless a connection
@@ -44,6 +50,8 @@ pub struct ServerConfig {
     pub delay_write: Option<Duration>,
     /// Registry bounds.
     pub limits: Limits,
+    /// The effective configuration, for `admin config`.
+    pub report: Vec<ConfigEntry>,
 }
 
 /// Why [`Server::run`] returned.
@@ -66,11 +74,20 @@ pub struct Server {
     config: ServerConfig,
     accept_paused_until: Option<Instant>,
     scratch: Box<[u8]>,
+    admin: Option<AdminListener>,
+    admin_conns: HashMap<Token, AdminConn>,
+    stats: Stats,
+    started: Instant,
 }
 
 impl Server {
-    /// A server on already bound, non-blocking listening sockets.
-    pub fn new(listeners: Vec<std::net::TcpListener>, config: ServerConfig) -> io::Result<Server> {
+    /// A server on already bound, non-blocking listening sockets, with an optional admin
+    /// socket (already bound) and its path.
+    pub fn new(
+        listeners: Vec<std::net::TcpListener>,
+        admin: Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut mio_listeners = Vec::with_capacity(listeners.len());
         for (i, l) in listeners.into_iter().enumerate() {
@@ -80,6 +97,16 @@ impl Server {
                 .register(&mut l, token::listener(i), Interest::READABLE)?;
             mio_listeners.push(l);
         }
+        let admin = match admin {
+            Some((l, path)) => {
+                l.set_nonblocking(true)?;
+                let mut listener = mio::net::UnixListener::from_std(l);
+                poll.registry()
+                    .register(&mut listener, token::ADMIN, Interest::READABLE)?;
+                Some(AdminListener { listener, path })
+            }
+            None => None,
+        };
         Ok(Server {
             poll,
             listeners: mio_listeners,
@@ -90,6 +117,10 @@ impl Server {
             config,
             accept_paused_until: None,
             scratch: vec![0u8; FIRST_READ_BYTES].into_boxed_slice(),
+            admin,
+            admin_conns: HashMap::new(),
+            stats: Stats::default(),
+            started: Instant::now(),
         })
     }
 
@@ -123,6 +154,10 @@ impl Server {
                     if self.accept_paused_until.is_none() {
                         self.accept_from(i);
                     }
+                } else if token == token::ADMIN {
+                    self.accept_admin();
+                } else if self.admin_conns.contains_key(&token) {
+                    self.admin_ready(token);
                 } else if let Some(shutdown) = self.connection_ready(token) {
                     return Ok(shutdown);
                 }
@@ -160,6 +195,7 @@ impl Server {
                     continue
                 }
                 Err(e) => {
+                    self.stats.accept_errors += 1;
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM...: never fatal (CVE-2026-42792).
                     // The pending connection stays in the backlog; with edge-triggered
                     // readiness no event repeats, so there is no busy loop.
@@ -182,10 +218,7 @@ impl Server {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
-        let local = match stream.local_addr() {
-            Ok(addr) => peer::is_local(peer, addr),
-            Err(_) => false,
-        };
+        let local_addr = stream.local_addr().ok();
         let token = self.tokens.allocate();
         if let Err(e) = self
             .poll
@@ -200,9 +233,17 @@ impl Server {
             Some(d) => Phase::AcceptDelay(now + d),
             None => Phase::Reading,
         };
-        trace!("accepted {peer} (local: {local}) as {token:?}");
-        let conn = Connection::new(stream, local, phase, now + self.config.packet_timeout);
+        let conn = Connection::new(
+            stream,
+            peer,
+            local_addr,
+            phase,
+            now + self.config.packet_timeout,
+        );
+        trace!("accepted {peer} (local: {}) as {token:?}", conn.local);
         self.conns.insert(token, conn);
+        self.stats.accepted += 1;
+        self.stats.observe(self.conns.len(), self.registry.len());
         self.rearm(token);
     }
 
@@ -235,6 +276,7 @@ impl Server {
             ReadOutcome::Pending => None,
             ReadOutcome::Close(reason) => {
                 log_close(token, reason);
+                self.stats.count_close(reason);
                 self.close(token);
                 None
             }
@@ -266,6 +308,19 @@ impl Server {
             },
         );
         log_event(token, &action.event);
+        self.stats.count_event(&action.event);
+        if let Some(removed) = &action.removed {
+            self.emit("unregister", removed);
+        }
+        if matches!(
+            action.event,
+            Event::Registered { .. } | Event::ReplacedDeadOwner { .. }
+        ) {
+            if let Some(reg) = self.registry.by_conn(conn_id(token)).cloned() {
+                self.emit("register", &reg);
+            }
+            self.stats.observe(self.conns.len(), self.registry.len());
+        }
         if let Some(other) = action.close {
             self.close(Token(other.0 as usize));
         }
@@ -397,6 +452,7 @@ impl Server {
             conn.timer = None;
             if conn.deadline.is_some_and(|d| d <= now) {
                 debug!("{token:?}: packet timeout");
+                self.stats.deadline_expiries += 1;
                 self.close(token);
                 continue;
             }
@@ -432,7 +488,10 @@ impl Server {
         }
         if let Some(reg) = self.registry.unregister_conn(conn_id(token)) {
             info!("unregistering '{}'", reg.info.name);
+            self.emit("unregister", &reg);
         }
+        self.stats.bytes_in += conn.bytes_in;
+        self.stats.bytes_out += conn.bytes_out;
         let _ = self.poll.registry().deregister(&mut conn.stream);
         drop(conn);
         if self.accept_paused_until.is_some() {

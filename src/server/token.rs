@@ -7,6 +7,9 @@ use mio::Token;
 /// The most listening sockets the daemon serves (the C epmd's `MAX_LISTEN_SOCKETS`).
 pub const MAX_LISTENERS: usize = 16;
 
+/// The admin Unix socket's listener.
+pub const ADMIN: Token = Token(MAX_LISTENERS);
+
 /// Tokens below this value are reserved for listeners and fixed event sources.
 pub const FIRST_CONN_TOKEN: usize = 64;
 

@@ -1,0 +1,206 @@
+//! The `epmd-rs admin` client: ask the daemon for a view over its Unix socket and print it
+//! as a table or as JSON.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::table::render;
+use super::{ConfigEntry, NodeView, OldView, StatsView, View, WatchEvent};
+
+/// Why an admin command failed.
+#[derive(Debug)]
+pub enum AdminClientError {
+    /// No socket path was given and none could be derived.
+    NoPath,
+    /// The daemon's socket could not be reached.
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Reading or writing the socket failed.
+    Io(io::Error),
+    /// The daemon's answer was not the expected JSON.
+    BadReply(serde_json::Error),
+}
+
+impl fmt::Display for AdminClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminClientError::NoPath => {
+                f.write_str("no admin socket path: pass --socket or set XDG_RUNTIME_DIR")
+            }
+            AdminClientError::Connect { path, source } => write!(
+                f,
+                "cannot reach the epmd-rs admin socket {}: {source}",
+                path.display()
+            ),
+            AdminClientError::Io(e) => write!(f, "admin socket: {e}"),
+            AdminClientError::BadReply(e) => write!(f, "unexpected reply from the daemon: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AdminClientError {}
+
+/// Asks for `view` and writes the answer to `out` (a table, or JSON when `json`).
+/// `watch` streams until the daemon closes the socket or writing fails.
+pub fn run(
+    path: &Path,
+    view: View,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminClientError> {
+    let mut stream = UnixStream::connect(path).map_err(|source| AdminClientError::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
+    stream
+        .write_all(format!("{view}\n").as_bytes())
+        .map_err(AdminClientError::Io)?;
+    if view == View::Watch {
+        return watch(stream, json, out);
+    }
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .map_err(AdminClientError::Io)?;
+    let text = if json {
+        // Validate, then print as the daemon sent it.
+        serde_json::from_slice::<serde_json::Value>(&reply).map_err(AdminClientError::BadReply)?;
+        String::from_utf8_lossy(&reply).trim_end().to_owned() + "\n"
+    } else {
+        render_view(view, &reply)?
+    };
+    out.write_all(text.as_bytes()).map_err(AdminClientError::Io)
+}
+
+fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
+    let bad = AdminClientError::BadReply;
+    Ok(match view {
+        View::Nodes => {
+            let nodes: Vec<NodeView> = serde_json::from_slice(reply).map_err(bad)?;
+            let rows: Vec<Vec<String>> = nodes
+                .into_iter()
+                .map(|n| {
+                    vec![
+                        n.name,
+                        n.port.to_string(),
+                        n.node_type,
+                        n.protocol.to_string(),
+                        n.highest_version.to_string(),
+                        n.lowest_version.to_string(),
+                        n.creation.to_string(),
+                        if n.extra_hex.is_empty() {
+                            "-".into()
+                        } else {
+                            n.extra_hex
+                        },
+                        n.peer,
+                        n.local,
+                        n.registered_at.to_string(),
+                        format!("{}s", n.age_secs),
+                    ]
+                })
+                .collect();
+            render(
+                &[
+                    "NAME",
+                    "PORT",
+                    "TYPE",
+                    "PROTO",
+                    "HIGH",
+                    "LOW",
+                    "CREATION",
+                    "EXTRA",
+                    "PEER",
+                    "LOCAL",
+                    "REGISTERED",
+                    "AGE",
+                ],
+                &rows,
+            )
+        }
+        View::Old => {
+            let old: Vec<OldView> = serde_json::from_slice(reply).map_err(bad)?;
+            let rows: Vec<Vec<String>> = old
+                .into_iter()
+                .map(|o| vec![o.name, o.port.to_string(), o.creation.to_string()])
+                .collect();
+            render(&["NAME", "LAST PORT", "CREATION"], &rows)
+        }
+        View::Stats => {
+            let s: StatsView = serde_json::from_slice(reply).map_err(bad)?;
+            let mut rows = vec![
+                row("uptime", format!("{}s", s.uptime_secs)),
+                row("listening", s.listening.join(" ")),
+                row("registrations", s.registrations.to_string()),
+                row("old names", s.old_names.to_string()),
+                row("peak registrations", s.peak_registrations.to_string()),
+                row("peak connections", s.peak_connections.to_string()),
+                row("accepted", s.accepted.to_string()),
+                row("non-local refusals", s.non_local_refusals.to_string()),
+                row("deadline expiries", s.deadline_expiries.to_string()),
+                row("accept errors", s.accept_errors.to_string()),
+                row("malformed requests", s.malformed_requests.to_string()),
+                row("bytes in", s.bytes_in.to_string()),
+                row("bytes out", s.bytes_out.to_string()),
+            ];
+            for (phase, n) in s.connections {
+                rows.push(row(&format!("connections {phase}"), n.to_string()));
+            }
+            for (kind, n) in s.requests {
+                rows.push(row(&format!("requests {kind}"), n.to_string()));
+            }
+            render(&["STAT", "VALUE"], &rows)
+        }
+        View::Config => {
+            let entries: Vec<ConfigEntry> = serde_json::from_slice(reply).map_err(bad)?;
+            let rows: Vec<Vec<String>> = entries
+                .into_iter()
+                .map(|e| vec![e.key, e.value, e.source.to_string()])
+                .collect();
+            render(&["SETTING", "VALUE", "SOURCE"], &rows)
+        }
+        View::Watch => String::new(),
+    })
+}
+
+fn row(key: &str, value: String) -> Vec<String> {
+    vec![key.to_owned(), value]
+}
+
+fn watch(stream: UnixStream, json: bool, out: &mut dyn Write) -> Result<(), AdminClientError> {
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(AdminClientError::Io)?;
+        let event: WatchEvent = serde_json::from_str(&line).map_err(AdminClientError::BadReply)?;
+        let text = if json {
+            line + "\n"
+        } else {
+            format!(
+                "{} {:<10} {} port {} creation {}\n",
+                event.at, event.event, event.name, event.port, event.creation
+            )
+        };
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
