@@ -1,9 +1,13 @@
 //! Starting the daemon: raise the fd limit, obtain the listening sockets (bind, or adopt
-//! them from systemd), detach for `-daemon` only after they are bound, then run the loop.
+//! them from systemd), create the admin socket, detach for `-daemon` only after all of that
+//! (so the command returns when the port already accepts), then run the loop.
 
 use std::ffi::OsString;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
 
 use log::{info, warn};
 
@@ -11,7 +15,7 @@ use crate::cli::DaemonConfig;
 use crate::error::Error;
 use crate::registry::Limits;
 use crate::server::dispatch::DispatchConfig;
-use crate::server::listener::{bind_all, bind_targets};
+use crate::server::listener::{bind_all, bind_targets, ListenError};
 use crate::server::token::MAX_LISTENERS;
 use crate::server::{Server, ServerConfig, Shutdown};
 use crate::systemd;
@@ -21,17 +25,19 @@ use crate::systemd;
 pub enum Exit {
     /// A KILL_REQ was honoured.
     Killed,
+    /// SIGTERM or SIGINT.
+    Terminated,
     /// This was the `-daemon` parent; the detached child serves.
     Detached,
 }
 
-/// Runs the daemon until it is killed.
+/// Runs the daemon until it is killed or terminated.
 pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Result<Exit, Error> {
     match raise_fd_limit() {
         Ok(n) => info!("file descriptor limit: {n}"),
         Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
     }
-    let listeners = listeners(config, env)?;
+    let (listeners, activated) = listeners(config, &env)?;
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
             info!("listening on {addr}");
@@ -45,22 +51,16 @@ pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Res
             Some((l, path.clone()))
         }
         None => {
-            info!("no admin socket (no runtime directory known)");
+            info!("no admin socket (disabled, or no runtime directory known)");
             None
         }
     };
     if config.daemon {
-        let outcome = daemonize::Daemonize::new()
-            .working_directory("/")
-            .umask(0o022)
-            .execute();
-        match outcome {
-            daemonize::Outcome::Parent(Ok(_)) => return Ok(Exit::Detached),
-            daemonize::Outcome::Parent(Err(e)) | daemonize::Outcome::Child(Err(e)) => {
-                return Err(Error::Daemonize(e))
-            }
-            daemonize::Outcome::Child(Ok(_)) => {}
+        if detach(config.pid_file.as_deref())? {
+            return Ok(Exit::Detached);
         }
+    } else if let Some(path) = &config.pid_file {
+        write_pid_file(path)?;
     }
     let server_config = ServerConfig {
         dispatch: DispatchConfig {
@@ -72,13 +72,24 @@ pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Res
         delay_write: config.delay_write,
         limits: Limits::new(config.debug > 0),
         report: config.report.clone(),
+        header_from_socket: activated,
     };
     let mut server = Server::new(listeners, admin, server_config).map_err(|source| Error::Io {
         context: "cannot start the event loop",
         source,
     })?;
-    match server.run() {
+    server.set_notifier(
+        systemd::Notifier::from_env(&env),
+        systemd::watchdog_interval(std::process::id(), &env),
+    );
+    let result = server.run();
+    drop(server);
+    if let Some(path) = &config.pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    match result {
         Ok(Shutdown::Killed) => Ok(Exit::Killed),
+        Ok(Shutdown::Terminated(_)) => Ok(Exit::Terminated),
         Err(source) => Err(Error::Io {
             context: "event loop failed",
             source,
@@ -86,20 +97,30 @@ pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Res
     }
 }
 
-/// The listening sockets: adopted from systemd when `LISTEN_FDS` is meant for us (or
-/// required by `-systemd`), bound as spec §7.3 says otherwise.
+/// The listening sockets and whether they came from socket activation: adopted when
+/// `LISTEN_FDS` is meant for us (required by `-systemd`), bound as spec §7.3 says otherwise.
 fn listeners(
     config: &DaemonConfig,
     env: impl Fn(&str) -> Option<OsString>,
-) -> Result<Vec<TcpListener>, Error> {
+) -> Result<(Vec<TcpListener>, bool), Error> {
     let passed = systemd::listen_fds_count(std::process::id(), &env);
     if passed > 0 {
         if passed > MAX_LISTENERS {
-            return Err(Error::Listen(crate::server::listener::ListenError::TooMany));
+            return Err(Error::Listen(ListenError::TooMany));
+        }
+        if let Some(names) = env("LISTEN_FDNAMES") {
+            info!(
+                "socket activation: {passed} sockets ({})",
+                names.to_string_lossy()
+            );
         }
         // SAFETY: LISTEN_PID names this process, so fds 3.. were passed to us by the
         // service manager and nothing in this process has taken them.
-        return Ok(unsafe { systemd::adopt(passed) });
+        let adopted = unsafe { systemd::adopt(passed) }.map_err(|source| Error::Io {
+            context: "cannot obtain sockets from systemd",
+            source,
+        })?;
+        return Ok((adopted, true));
     }
     if config.systemd {
         return Err(Error::NoSystemdSockets);
@@ -109,7 +130,59 @@ fn listeners(
     for (addr, e) in skipped {
         warn!("cannot listen on {addr}: {e}");
     }
-    Ok(bound)
+    Ok((bound, false))
+}
+
+/// Detaches with the daemonize crate. Returns `true` in the original process, which returns
+/// only once the detached daemon has written its pid file (if any) and is about to serve;
+/// `false` in the daemon.
+fn detach(pid_file: Option<&Path>) -> Result<bool, Error> {
+    let io_err = |context| move |source| Error::Io { context, source };
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io_err("cannot create a pipe")(io::Error::last_os_error()));
+    }
+    // SAFETY: both fds were just created by pipe2 and are owned by nothing else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    match daemonize::Daemonize::new()
+        .working_directory("/")
+        .umask(0o022)
+        .execute()
+    {
+        daemonize::Outcome::Parent(Ok(_)) => {
+            drop(write_end);
+            // One byte means the daemon is ready; EOF means it died first.
+            let mut byte = [0u8; 1];
+            let mut reader = File::from(read_end);
+            match reader.read(&mut byte) {
+                Ok(1) => Ok(true),
+                _ => Err(io_err("the detached daemon did not start")(
+                    io::Error::from(io::ErrorKind::UnexpectedEof),
+                )),
+            }
+        }
+        daemonize::Outcome::Parent(Err(e)) | daemonize::Outcome::Child(Err(e)) => {
+            Err(Error::Daemonize(e))
+        }
+        daemonize::Outcome::Child(Ok(_)) => {
+            drop(read_end);
+            if let Some(path) = pid_file {
+                write_pid_file(path)?;
+            }
+            let mut writer = File::from(write_end);
+            let _ = writer.write_all(b"R");
+            Ok(false)
+        }
+    }
+}
+
+fn write_pid_file(path: &Path) -> Result<(), Error> {
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| Error::Io {
+        context: "cannot write the pid file",
+        source,
+    })
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, so the daemon has no 1024-connection

@@ -1,12 +1,29 @@
-//! Log setup: `env_logger` on stderr, one line per message prefixed `epmd-rs:`.
+//! Log setup: `env_logger`, one line per message, to stderr, to a log file (`--log-file`,
+//! reopened on SIGHUP so that logrotate works), or to syslog (`-daemon` without a log
+//! file, as the C epmd does).
 //!
 //! Verbosity follows epmd's `-d` count: none → warnings and errors, `-d` → info (what the
 //! C epmd prints at debug level 0 and 1), `-d -d` → debug, more → trace (packet contents).
 //! `RUST_LOG` overrides it.
 
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use log::LevelFilter;
+
+/// Where log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard error.
+    Stderr,
+    /// A file, appended to and reopened on SIGHUP.
+    File(PathBuf),
+    /// The local syslog socket (`/dev/log`), facility daemon.
+    Syslog,
+}
 
 /// The level for a number of `-d` flags.
 pub fn level_for(debug: u8) -> LevelFilter {
@@ -18,12 +35,120 @@ pub fn level_for(debug: u8) -> LevelFilter {
     }
 }
 
-/// Installs the logger (once per process).
-pub fn init(debug: u8) {
+/// The open log file and its path, for [`reopen`].
+static LOG_FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
+
+/// Installs the logger (once per process). Fails only when the log file cannot be opened.
+pub fn init(debug: u8, target: &LogTarget) -> io::Result<()> {
     let mut builder = env_logger::Builder::new();
-    builder
-        .filter_level(level_for(debug))
-        .parse_env("RUST_LOG")
-        .format(|buf, record| writeln!(buf, "epmd-rs: {}", record.args()));
+    builder.filter_level(level_for(debug)).parse_env("RUST_LOG");
+    match target {
+        LogTarget::Stderr => {
+            builder.format(|buf, record| writeln!(buf, "epmd-rs: {}", record.args()));
+        }
+        LogTarget::File(path) => {
+            let file = open_append(path)?;
+            *LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some((path.clone(), file));
+            builder
+                .format(|buf, record| {
+                    writeln!(
+                        buf,
+                        "{} epmd-rs[{}]: {}: {}",
+                        buf.timestamp_seconds(),
+                        std::process::id(),
+                        record.level(),
+                        record.args()
+                    )
+                })
+                .target(env_logger::Target::Pipe(Box::new(FileSink)));
+        }
+        LogTarget::Syslog => {
+            let sink = SyslogSink::connect()?;
+            builder
+                .format(|buf, record| {
+                    // <priority>tag[pid]: message; facility daemon (3), severity by level.
+                    let severity = match record.level() {
+                        log::Level::Error => 3,
+                        log::Level::Warn => 4,
+                        log::Level::Info => 6,
+                        log::Level::Debug | log::Level::Trace => 7,
+                    };
+                    write!(
+                        buf,
+                        "<{}>epmd-rs[{}]: {}",
+                        3 * 8 + severity,
+                        std::process::id(),
+                        record.args()
+                    )
+                })
+                .target(env_logger::Target::Pipe(Box::new(sink)));
+        }
+    }
     let _ = builder.try_init();
+    Ok(())
+}
+
+/// Reopens the log file at its path (after logrotate moved it); a no-op for other targets.
+pub fn reopen() {
+    let mut guard = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((path, file)) = guard.as_mut() {
+        match open_append(path) {
+            Ok(f) => *file = f,
+            Err(e) => log::warn!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Writes to the current log file.
+struct FileSink;
+
+impl Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut guard = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut() {
+            Some((_, f)) => f.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends each formatted record as one datagram to `/dev/log`.
+struct SyslogSink {
+    socket: UnixDatagram,
+    pending: Vec<u8>,
+}
+
+impl SyslogSink {
+    fn connect() -> io::Result<SyslogSink> {
+        let socket = UnixDatagram::unbound()?;
+        socket.connect("/dev/log")?;
+        Ok(SyslogSink {
+            socket,
+            pending: Vec::new(),
+        })
+    }
+}
+
+impl Write for SyslogSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            // A lost log line must not stop the daemon.
+            let _ = self.socket.send(&self.pending);
+            self.pending.clear();
+        }
+        Ok(())
+    }
 }

@@ -24,7 +24,26 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    logging::init(config.debug);
+    let target = match &config.action {
+        Action::Daemon(d) => match (&d.log_file, d.daemon) {
+            (Some(path), _) => logging::LogTarget::File(path.clone()),
+            (None, true) => logging::LogTarget::Syslog,
+            (None, false) => logging::LogTarget::Stderr,
+        },
+        _ => logging::LogTarget::Stderr,
+    };
+    match logging::init(config.debug, &target) {
+        Ok(()) => {}
+        Err(e) if target == logging::LogTarget::Syslog => {
+            // No syslog here (a container, say): still start, as erl needs an epmd.
+            let _ = logging::init(config.debug, &logging::LogTarget::Stderr);
+            log::info!("syslog unavailable ({e}): daemon logs are lost; use --log-file");
+        }
+        Err(e) => {
+            eprintln!("epmd-rs: cannot open the log ({target:?}): {e}");
+            return ExitCode::from(1);
+        }
+    }
     match config.action {
         Action::Client { port, command } => {
             let out = client::run(port, &command);

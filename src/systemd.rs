@@ -1,9 +1,13 @@
-//! Socket activation without libsystemd: the `LISTEN_PID` / `LISTEN_FDS` protocol of
-//! `sd_listen_fds(3)`, read from the environment given by the caller.
+//! systemd integration without libsystemd: socket activation (the `LISTEN_PID` /
+//! `LISTEN_FDS` protocol of `sd_listen_fds(3)`) and `sd_notify(3)` over `NOTIFY_SOCKET`.
 
 use std::ffi::OsString;
+use std::io;
 use std::net::TcpListener;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+use std::time::Duration;
 
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -23,19 +27,81 @@ pub fn listen_fds_count(pid: u32, env: impl Fn(&str) -> Option<OsString>) -> usi
         .unwrap_or(0)
 }
 
-/// Takes ownership of `count` passed fds as listening sockets.
+/// Takes ownership of `count` passed fds as listening sockets, after checking that each
+/// is a listening stream socket; marks them close-on-exec and non-blocking.
 ///
 /// # Safety
-/// The fds `3..3 + count` must be listening stream sockets passed by systemd and owned by
-/// nobody else in this process.
-pub unsafe fn adopt(count: usize) -> Vec<TcpListener> {
-    (0..count)
-        .map(|i| {
-            let fd = LISTEN_FDS_START + i as RawFd;
-            // SAFETY: the caller guarantees that fd is a passed socket nobody else owns.
-            unsafe { TcpListener::from_raw_fd(fd) }
-        })
-        .collect()
+/// The fds `3..3 + count` must have been passed by the service manager to this process
+/// (`LISTEN_PID` names it) and must not be owned by anything else in this process.
+pub unsafe fn adopt(count: usize) -> io::Result<Vec<TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let fd = LISTEN_FDS_START + i as RawFd;
+        // SAFETY: the caller guarantees that fd was passed to us and nobody else owns it.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        let sock = socket2::SockRef::from(&listener);
+        if sock.r#type()? != socket2::Type::STREAM || !sock.is_listener()? {
+            // Do not close an fd we refuse: forget the wrapper.
+            std::mem::forget(listener);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "passed fd is not a listening stream socket",
+            ));
+        }
+        sock.set_cloexec(true)?;
+        sock.set_nonblocking(true)?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// A connection to the service manager's notification socket (`sd_notify`).
+#[derive(Debug)]
+pub struct Notifier {
+    socket: UnixDatagram,
+    addr: UnixAddr,
+}
+
+impl Notifier {
+    /// The notifier for `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace);
+    /// `None` when the variable is unset or unusable.
+    pub fn from_env(env: impl Fn(&str) -> Option<OsString>) -> Option<Notifier> {
+        let path = env("NOTIFY_SOCKET")?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+        let addr = match bytes.split_first() {
+            Some((b'@', name)) => UnixAddr::from_abstract_name(name).ok()?,
+            Some((b'/', _)) => UnixAddr::from_pathname(std::path::Path::new(&path)).ok()?,
+            _ => return None,
+        };
+        let socket = UnixDatagram::unbound().ok()?;
+        let _ = socket.set_nonblocking(true);
+        Some(Notifier { socket, addr })
+    }
+
+    /// Sends one notification (`READY=1`, `STATUS=...`, ...). Errors are returned, not
+    /// fatal: the daemon serves whether or not systemd listens.
+    pub fn notify(&self, state: &str) -> io::Result<()> {
+        self.socket
+            .send_to_addr(state.as_bytes(), &self.addr)
+            .map(|_| ())
+    }
+
+    /// The fd of the notification socket (kept open across the loop).
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// The watchdog ping interval: half of `WATCHDOG_USEC`, when it is set for this process.
+pub fn watchdog_interval(pid: u32, env: impl Fn(&str) -> Option<OsString>) -> Option<Duration> {
+    let get = |k: &str| env(k).and_then(|v| v.into_string().ok());
+    if let Some(wpid) = get("WATCHDOG_PID") {
+        if wpid.parse::<u32>().ok() != Some(pid) {
+            return None;
+        }
+    }
+    let usec: u64 = get("WATCHDOG_USEC")?.parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 #[cfg(test)]
@@ -48,6 +114,37 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| OsString::from(v))
         }
+    }
+
+    #[test]
+    fn watchdog_interval_is_half_the_timeout() {
+        assert_eq!(
+            watchdog_interval(7, env(&[("WATCHDOG_USEC", "2000000")])),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            watchdog_interval(
+                7,
+                env(&[("WATCHDOG_USEC", "2000000"), ("WATCHDOG_PID", "8")])
+            ),
+            None
+        );
+        assert_eq!(watchdog_interval(7, env(&[])), None);
+    }
+
+    #[test]
+    fn notifications_reach_the_socket() {
+        let dir = std::env::temp_dir().join(format!("epmd-rs-notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let server = UnixDatagram::bind(&dir).unwrap();
+        let path = dir.to_string_lossy().into_owned();
+        let n = Notifier::from_env(env(&[("NOTIFY_SOCKET", &path)])).unwrap();
+        n.notify("READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let got = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..got], b"READY=1");
+        let _ = std::fs::remove_file(&dir);
+        assert!(Notifier::from_env(env(&[("NOTIFY_SOCKET", "relative")])).is_none());
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub struct DaemonConfig {
     pub admin_group: Option<String>,
     /// Every effective setting with its source, for `admin config`.
     pub report: Vec<ConfigEntry>,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// `--log-file`.
+    pub log_file: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -239,6 +243,8 @@ impl Config {
             admin_socket: admin_socket_source.as_ref().map(|(p, _)| p.clone()),
             admin_group: admin_group.as_ref().map(|(g, _)| g.clone()),
             report: Vec::new(),
+            pid_file: cli.pid_file.clone(),
+            log_file: cli.log_file.clone(),
         };
         let flag_or_env = |flag: bool, var: &str| {
             if flag {
@@ -318,6 +324,22 @@ impl Config {
                 Some((g, src)) => entry("admin-group", g.clone(), *src),
                 None => entry("admin-group", "none".to_owned(), Source::Default),
             },
+            entry(
+                "pid-file",
+                cli.pid_file
+                    .as_ref()
+                    .map_or("none".into(), |p| p.display().to_string()),
+                flag_or_default(cli.pid_file.is_some()),
+            ),
+            entry(
+                "log-file",
+                match (&cli.log_file, cli.daemon) {
+                    (Some(p), _) => p.display().to_string(),
+                    (None, true) => "syslog".into(),
+                    (None, false) => "stderr".into(),
+                },
+                flag_or_default(cli.log_file.is_some()),
+            ),
         ];
         Ok(Config {
             action: Action::Daemon(daemon),

@@ -94,6 +94,15 @@ pub struct Cli {
     #[arg(long, value_name = "GROUP")]
     pub admin_group: Option<String>,
 
+    /// Write the daemon's pid to this file (with `-daemon`: before the command returns).
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Append logs to this file (reopened on SIGHUP) instead of stderr, or syslog with
+    /// `-daemon`.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
     /// A subcommand (without one, epmd-rs is the daemon or an epmd client).
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The effective configuration, for `admin config`.
     pub report: Vec<ConfigEntry>,
+    /// NAMES and DUMP report the port the client connected to instead of the configured
+    /// one (socket activation, where the two may differ).
+    pub header_from_socket: bool,
 }
 
 /// Why [`Server::run`] returned.
@@ -59,10 +62,14 @@ pub struct ServerConfig {
 pub enum Shutdown {
     /// A KILL_REQ was honoured: exit with status 0.
     Killed,
+    /// SIGTERM or SIGINT: exit with status 0.
+    Terminated(i32),
 }
 
+/// How often at most `STATUS=` is sent to systemd while registrations change.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The daemon: listeners, connections, timers and the registry.
-#[derive(Debug)]
 pub struct Server {
     poll: Poll,
     listeners: Vec<TcpListener>,
@@ -78,6 +85,13 @@ pub struct Server {
     admin_conns: HashMap<Token, AdminConn>,
     stats: Stats,
     started: Instant,
+    signals: signal_hook_mio::v1_0::Signals,
+    notifier: Option<crate::systemd::Notifier>,
+    /// Watchdog interval and the next ping.
+    watchdog: Option<(Duration, Instant)>,
+    /// The next time `STATUS=` may be sent, while the registration count has changed.
+    status_due: Option<Instant>,
+    last_status_count: Option<usize>,
 }
 
 impl Server {
@@ -107,7 +121,19 @@ impl Server {
             }
             None => None,
         };
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ])?;
+        poll.registry()
+            .register(&mut signals, token::SIGNALS, Interest::READABLE)?;
         Ok(Server {
+            signals,
+            notifier: None,
+            watchdog: None,
+            status_due: None,
+            last_status_count: None,
             poll,
             listeners: mio_listeners,
             conns: HashMap::new(),
@@ -137,9 +163,47 @@ impl Server {
         &self.registry
     }
 
-    /// Runs the loop until a KILL is honoured or polling fails.
+    /// Sends sd_notify messages to `notifier` (READY, STATUS, STOPPING) and pings the
+    /// watchdog every `watchdog` when set.
+    pub fn set_notifier(
+        &mut self,
+        notifier: Option<crate::systemd::Notifier>,
+        watchdog: Option<Duration>,
+    ) {
+        self.notifier = notifier;
+        self.watchdog = watchdog.map(|d| (d, Instant::now()));
+    }
+
+    fn notify(&self, state: &str) {
+        if let Some(n) = &self.notifier {
+            if let Err(e) = n.notify(state) {
+                debug!("sd_notify {state:?} failed: {e}");
+            }
+        }
+    }
+
+    fn send_status(&mut self) {
+        let count = self.registry.len();
+        if self.last_status_count != Some(count) {
+            self.notify(&format!(
+                "STATUS=Processing port mapping requests; {count} nodes registered"
+            ));
+            self.last_status_count = Some(count);
+        }
+        self.status_due = None;
+    }
+
+    /// Runs the loop until a KILL is honoured, a SIGTERM/SIGINT arrives, or polling fails.
     pub fn run(&mut self) -> io::Result<Shutdown> {
+        let outcome = self.serve();
+        self.notify("STOPPING=1");
+        outcome
+    }
+
+    fn serve(&mut self) -> io::Result<Shutdown> {
         let mut events = Events::with_capacity(1024);
+        self.notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+        self.send_status();
         loop {
             let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -153,6 +217,10 @@ impl Server {
                 if let Some(i) = listener_index(token) {
                     if self.accept_paused_until.is_none() {
                         self.accept_from(i);
+                    }
+                } else if token == token::SIGNALS {
+                    if let Some(shutdown) = self.handle_signals() {
+                        return Ok(shutdown);
                     }
                 } else if token == token::ADMIN {
                     self.accept_admin();
@@ -169,12 +237,33 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let timer = self.timers.first().map(|(t, _)| *t);
-        let next = match (timer, self.accept_paused_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        next.map(|t| t.saturating_duration_since(now))
+        [
+            self.timers.first().map(|(t, _)| *t),
+            self.accept_paused_until,
+            self.watchdog.map(|(_, next)| next),
+            self.status_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
+    }
+
+    fn handle_signals(&mut self) -> Option<Shutdown> {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match sig {
+                signal_hook::consts::SIGHUP => {
+                    info!("SIGHUP: reopening the log file");
+                    crate::logging::reopen();
+                }
+                other => {
+                    info!("signal {other}: shutting down");
+                    return Some(Shutdown::Terminated(other));
+                }
+            }
+        }
+        None
     }
 
     fn accept_from(&mut self, index: usize) {
@@ -294,11 +383,17 @@ impl Server {
             fd: u32::try_from(conn.stream.as_raw_fd()).unwrap_or(0),
             local: conn.local,
         };
+        let mut dispatch_config = self.config.dispatch;
+        if self.config.header_from_socket {
+            if let Some(local) = conn.local_addr {
+                dispatch_config.header_port = u32::from(local.port());
+            }
+        }
         let conns = &self.conns;
         let action = dispatch::handle(
             request,
             origin,
-            &self.config.dispatch,
+            &dispatch_config,
             &mut self.registry,
             unix_now(),
             |owner| {
@@ -441,6 +536,21 @@ impl Server {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.resume_accept();
         }
+        if let Some((every, next)) = self.watchdog {
+            if next <= now {
+                self.notify("WATCHDOG=1");
+                self.watchdog = Some((every, now + every));
+            }
+        }
+        if self.status_due.is_some_and(|t| t <= now) {
+            self.send_status();
+        }
+        if self.notifier.is_some()
+            && self.status_due.is_none()
+            && self.last_status_count != Some(self.registry.len())
+        {
+            self.status_due = Some(now + STATUS_INTERVAL);
+        }
         while let Some(&(when, token)) = self.timers.first() {
             if when > now {
                 break;
@@ -498,6 +608,16 @@ impl Server {
             // An fd was freed: try accepting again at once.
             self.resume_accept();
         }
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.listeners.len())
+            .field("connections", &self.conns.len())
+            .field("registrations", &self.registry.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -10,6 +10,9 @@ pub const MAX_LISTENERS: usize = 16;
 /// The admin Unix socket's listener.
 pub const ADMIN: Token = Token(MAX_LISTENERS);
 
+/// The signal source (SIGTERM, SIGINT, SIGHUP).
+pub const SIGNALS: Token = Token(MAX_LISTENERS + 1);
+
 /// Tokens below this value are reserved for listeners and fixed event sources.
 pub const FIRST_CONN_TOKEN: usize = 64;
 
