@@ -8,7 +8,25 @@ PORT ?= 4369
 DEB_PACKAGES := erlang-base systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test deps bench lint fmt clippy ci clean
+.PHONY: run build test deps bench lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd
+
+# Installation layout (make install PREFIX=/usr DESTDIR=/tmp/stage).
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR := $(PREFIX)/bin
+UNITDIR := $(PREFIX)/lib/systemd/system
+MANDIR := $(PREFIX)/share/man/man1
+BASHDIR := $(PREFIX)/share/bash-completion/completions
+ZSHDIR := $(PREFIX)/share/zsh/site-functions
+FISHDIR := $(PREFIX)/share/fish/vendor_completions.d
+# The epmd that erl runs ($$BINDIR/epmd of the installed erts); install-as-epmd replaces it.
+ERTS_EPMD ?= $(firstword $(wildcard /usr/lib/erlang/erts-*/bin/epmd))
+# How install-as-epmd moves the C epmd aside: dpkg-divert (survives package upgrades) or mv.
+DIVERT ?= $(if $(shell command -v dpkg-divert),dpkg-divert,mv)
+GEN := target/generated
+# The binary to install; given explicitly (BIN=target/debug/epmd-rs), nothing is built.
+BIN ?=
+INSTALL_BIN := $(or $(BIN),target/release/epmd-rs)
 
 # Run the daemon in the foreground on $(PORT) with info logging (Ctrl-C to stop).
 run:
@@ -46,6 +64,43 @@ clippy:
 
 # What CI runs after installing dependencies.
 ci: lint test
+
+# Install the binary, the systemd units (ExecStart pointing at $(BINDIR)), the man page
+# and bash/zsh/fish completions under $(DESTDIR)$(PREFIX).
+install: $(if $(BIN),,build)
+	rm -rf $(GEN) && $(INSTALL_BIN) generate $(GEN)
+	install -D -m 0755 $(INSTALL_BIN) $(DESTDIR)$(BINDIR)/epmd-rs
+	install -D -m 0644 systemd/epmd-rs.socket $(DESTDIR)$(UNITDIR)/epmd-rs.socket
+	sed 's|/usr/local/bin/epmd-rs|$(BINDIR)/epmd-rs|' systemd/epmd-rs.service > $(GEN)/epmd-rs.service
+	install -D -m 0644 $(GEN)/epmd-rs.service $(DESTDIR)$(UNITDIR)/epmd-rs.service
+	install -D -m 0644 $(GEN)/epmd-rs.1 $(DESTDIR)$(MANDIR)/epmd-rs.1
+	install -D -m 0644 $(GEN)/epmd-rs.bash $(DESTDIR)$(BASHDIR)/epmd-rs
+	install -D -m 0644 $(GEN)/_epmd-rs $(DESTDIR)$(ZSHDIR)/_epmd-rs
+	install -D -m 0644 $(GEN)/epmd-rs.fish $(DESTDIR)$(FISHDIR)/epmd-rs.fish
+
+# Remove what install put there.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/epmd-rs $(DESTDIR)$(UNITDIR)/epmd-rs.socket \
+		$(DESTDIR)$(UNITDIR)/epmd-rs.service $(DESTDIR)$(MANDIR)/epmd-rs.1 \
+		$(DESTDIR)$(BASHDIR)/epmd-rs $(DESTDIR)$(ZSHDIR)/_epmd-rs $(DESTDIR)$(FISHDIR)/epmd-rs.fish
+
+# Make epmd-rs the epmd that erl starts: move the C epmd aside to epmd.c-epmd and link
+# $(ERTS_EPMD) to $(BINDIR)/epmd-rs. Reversible with uninstall-as-epmd.
+install-as-epmd:
+	@test -n "$(ERTS_EPMD)" || { echo "no erts epmd found; set ERTS_EPMD=" >&2; exit 1; }
+	@test ! -e $(ERTS_EPMD).c-epmd || { echo "already installed as epmd" >&2; exit 1; }
+	if [ "$(DIVERT)" = dpkg-divert ]; then \
+		dpkg-divert --local --rename --add --divert $(ERTS_EPMD).c-epmd $(ERTS_EPMD); \
+	else mv $(ERTS_EPMD) $(ERTS_EPMD).c-epmd; fi
+	ln -s $(BINDIR)/epmd-rs $(ERTS_EPMD)
+
+# Put the C epmd back.
+uninstall-as-epmd:
+	@test -e $(ERTS_EPMD).c-epmd || { echo "epmd-rs is not installed as epmd" >&2; exit 1; }
+	rm -f $(ERTS_EPMD)
+	if [ "$(DIVERT)" = dpkg-divert ]; then \
+		dpkg-divert --local --rename --remove --divert $(ERTS_EPMD).c-epmd $(ERTS_EPMD); \
+	else mv $(ERTS_EPMD).c-epmd $(ERTS_EPMD); fi
 
 # Remove build output.
 clean:

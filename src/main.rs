@@ -68,6 +68,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Action::Generate(dir) => match cli::generate(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("epmd-rs: cannot generate into {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        },
         Action::Query { what, port } => match query(&what, port) {
             Ok(text) => {
                 print!("{text}");

@@ -37,6 +37,8 @@ pub enum Action {
         /// JSON instead of a table.
         json: bool,
     },
+    /// Write the man page and shell completions into a directory.
+    Generate(PathBuf),
     /// Ask an epmd with NAMES or PORT_PLEASE2.
     Query {
         /// What to ask (its port resolved).
@@ -163,6 +165,12 @@ impl Config {
                         view: *view,
                         json: *json,
                     },
+                    debug: cli.debug,
+                });
+            }
+            Some(Command::Generate { dir }) => {
+                return Ok(Config {
+                    action: Action::Generate(dir.clone()),
                     debug: cli.debug,
                 });
             }

@@ -126,6 +126,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the man page (epmd-rs.1) and shell completions (bash, zsh, fish) into DIR
+    /// (used by `make install`).
+    #[command(hide = true)]
+    Generate {
+        /// Output directory.
+        dir: PathBuf,
+    },
     /// Ask any epmd (this one or the C one, local or remote) with NAMES or PORT_PLEASE2.
     Query {
         /// What to ask.
@@ -172,6 +179,21 @@ pub enum ParseError {
     Usage,
     /// clap's own error or help/version output (for `--` spellings).
     Clap(clap::Error),
+}
+
+/// Writes `epmd-rs.1` and the bash, zsh and fish completions into `dir`.
+pub fn generate(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut man)?;
+    std::fs::write(dir.join("epmd-rs.1"), man)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "epmd-rs", dir)?;
+    }
+    Ok(())
 }
 
 /// Parses the arguments (without the program name).
