@@ -17,7 +17,7 @@ use crate::registry::Limits;
 use crate::server::dispatch::DispatchConfig;
 use crate::server::listener::{bind_all, bind_targets, ListenError};
 use crate::server::token::MAX_LISTENERS;
-use crate::server::{Server, ServerConfig, Shutdown};
+use crate::server::{Caps, Server, ServerConfig, Shutdown};
 use crate::systemd;
 
 /// How the daemon ended without an error.
@@ -33,9 +33,23 @@ pub enum Exit {
 
 /// Runs the daemon until it is killed or terminated.
 pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Result<Exit, Error> {
-    match raise_fd_limit() {
-        Ok(n) => info!("file descriptor limit: {n}"),
-        Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
+    let fd_limit = match raise_fd_limit() {
+        Ok(n) => {
+            info!("file descriptor limit: {n}");
+            n
+        }
+        Err(e) => {
+            warn!("cannot raise the file descriptor limit: {e}");
+            1024
+        }
+    };
+    let mut caps = Caps::for_fd_limit(fd_limit);
+    if let Some(n) = config.max_connections {
+        caps.max_connections = n;
+        caps.local_reserve = caps.local_reserve.min(n / 2);
+    }
+    if let Some(n) = config.max_connections_per_source {
+        caps.max_per_source = n;
     }
     let (listeners, activated) = listeners(config, &env)?;
     for l in &listeners {
@@ -73,6 +87,9 @@ pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Res
         limits: Limits::new(config.debug > 0),
         report: config.report.clone(),
         header_from_socket: activated,
+        names_policy: config.names_policy.clone(),
+        port_please_policy: config.port_please_policy.clone(),
+        caps,
     };
     let mut server = Server::new(listeners, admin, server_config).map_err(|source| Error::Io {
         context: "cannot start the event loop",

@@ -147,6 +147,8 @@ fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
                 row("deadline expiries", s.deadline_expiries.to_string()),
                 row("accept errors", s.accept_errors.to_string()),
                 row("malformed requests", s.malformed_requests.to_string()),
+                row("capped connections", s.capped_connections.to_string()),
+                row("policy refusals", s.policy_refusals.to_string()),
                 row("bytes in", s.bytes_in.to_string()),
                 row("bytes out", s.bytes_out.to_string()),
             ];

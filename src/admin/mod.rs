@@ -133,6 +133,12 @@ pub struct StatsView {
     pub accept_errors: u64,
     /// Framing violations, unknown tags and malformed requests (closed silently).
     pub malformed_requests: u64,
+    /// Connections closed at once because a connection cap was reached.
+    #[serde(default)]
+    pub capped_connections: u64,
+    /// NAMES / PORT_PLEASE2 requests refused by an access policy.
+    #[serde(default)]
+    pub policy_refusals: u64,
     /// Bytes read from epmd clients.
     pub bytes_in: u64,
     /// Bytes written to epmd clients.

@@ -12,6 +12,7 @@ use super::{Cli, Command, QueryWhat};
 use crate::admin::socket_path::{default_path, running_as_root};
 use crate::admin::{ConfigEntry, Source, View};
 use crate::protocol::tag::DEFAULT_PORT;
+use crate::server::policy::AccessPolicy;
 
 /// Default `-packet_timeout` in seconds.
 pub const DEFAULT_PACKET_TIMEOUT: u64 = 60;
@@ -20,7 +21,7 @@ pub const DEFAULT_PACKET_TIMEOUT: u64 = 60;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Run the daemon.
-    Daemon(DaemonConfig),
+    Daemon(Box<DaemonConfig>),
     /// Run one epmd client command against the local daemon.
     Client {
         /// The port to connect to.
@@ -95,6 +96,14 @@ pub struct DaemonConfig {
     pub pid_file: Option<PathBuf>,
     /// `--log-file`.
     pub log_file: Option<PathBuf>,
+    /// Who may send NAMES.
+    pub names_policy: AccessPolicy,
+    /// Who may send PORT_PLEASE2.
+    pub port_please_policy: AccessPolicy,
+    /// `--max-connections` (default from the fd limit).
+    pub max_connections: Option<usize>,
+    /// `--max-connections-per-source`.
+    pub max_connections_per_source: Option<usize>,
 }
 
 impl DaemonConfig {
@@ -117,6 +126,13 @@ pub enum ConfigError {
     Usage,
     /// An address in the list does not parse.
     ParseAddress(String),
+    /// An access policy does not parse, or a number is invalid.
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -124,6 +140,9 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::Usage => f.write_str("invalid arguments"),
             ConfigError::ParseAddress(a) => write!(f, "cannot parse IP address \"{a}\""),
+            ConfigError::Invalid { key, value } => {
+                write!(f, "invalid value \"{value}\" for {key}")
+            }
         }
     }
 }
@@ -238,6 +257,40 @@ impl Config {
             .clone()
             .map(|g| (g, Source::Flag))
             .or_else(|| env_str("EPMD_RS_ADMIN_GROUP").map(|g| (g, Source::Environment)));
+        let setting = |flag: &Option<String>, var: &str| -> Option<(String, Source)> {
+            match flag {
+                Some(v) => Some((v.clone(), Source::Flag)),
+                None => env_str(var).map(|v| (v, Source::Environment)),
+            }
+        };
+        let policy = |key: &'static str, v: &Option<(String, Source)>| match v {
+            None => Ok(AccessPolicy::any()),
+            Some((text, _)) => AccessPolicy::parse(text).map_err(|_| ConfigError::Invalid {
+                key,
+                value: text.clone(),
+            }),
+        };
+        let names_allow = setting(&cli.names_allow, "EPMD_RS_NAMES_ALLOW");
+        let port_please_allow = setting(&cli.port_please_allow, "EPMD_RS_PORT_PLEASE_ALLOW");
+        let count = |key: &'static str, flag: Option<usize>, var: &str| match (flag, env_str(var)) {
+            (Some(n), _) => Ok(Some((n, Source::Flag))),
+            (None, Some(v)) => v
+                .trim()
+                .parse::<usize>()
+                .map(|n| Some((n, Source::Environment)))
+                .map_err(|_| ConfigError::Invalid { key, value: v }),
+            (None, None) => Ok(None),
+        };
+        let max_connections = count(
+            "max-connections",
+            cli.max_connections,
+            "EPMD_RS_MAX_CONNECTIONS",
+        )?;
+        let max_per_source = count(
+            "max-connections-per-source",
+            cli.max_connections_per_source,
+            "EPMD_RS_MAX_CONNECTIONS_PER_SOURCE",
+        )?;
         let mut daemon = DaemonConfig {
             configured_port: port,
             addresses,
@@ -253,7 +306,23 @@ impl Config {
             report: Vec::new(),
             pid_file: cli.pid_file.clone(),
             log_file: cli.log_file.clone(),
+            names_policy: policy("names-allow", &names_allow)?,
+            port_please_policy: policy("port-please-allow", &port_please_allow)?,
+            max_connections: max_connections.map(|(n, _)| n),
+            max_connections_per_source: max_per_source.map(|(n, _)| n),
         };
+        let shown = |v: &Option<(String, Source)>| match v {
+            Some((text, src)) => (text.clone(), *src),
+            None => ("any".to_owned(), Source::Default),
+        };
+        let shown_count = |v: Option<(usize, Source)>, default: &str| match v {
+            Some((n, src)) => (n.to_string(), src),
+            None => (default.to_owned(), Source::Default),
+        };
+        let (names_text, names_src) = shown(&names_allow);
+        let (lookup_text, lookup_src) = shown(&port_please_allow);
+        let (max_text, max_src) = shown_count(max_connections, "fd limit - 32");
+        let (per_text, per_src) = shown_count(max_per_source, "1024");
         let flag_or_env = |flag: bool, var: &str| {
             if flag {
                 Source::Flag
@@ -332,6 +401,10 @@ impl Config {
                 Some((g, src)) => entry("admin-group", g.clone(), *src),
                 None => entry("admin-group", "none".to_owned(), Source::Default),
             },
+            entry("names-allow", names_text, names_src),
+            entry("port-please-allow", lookup_text, lookup_src),
+            entry("max-connections", max_text, max_src),
+            entry("max-connections-per-source", per_text, per_src),
             entry(
                 "pid-file",
                 cli.pid_file
@@ -350,7 +423,7 @@ impl Config {
             ),
         ];
         Ok(Config {
-            action: Action::Daemon(daemon),
+            action: Action::Daemon(Box::new(daemon)),
             debug: cli.debug,
         })
     }
@@ -414,7 +487,7 @@ mod tests {
 
     fn daemon(args: &[&str], env: &[(&str, &str)]) -> DaemonConfig {
         match resolve(args, env).unwrap().action {
-            Action::Daemon(d) => d,
+            Action::Daemon(d) => *d,
             other => panic!("not a daemon: {other:?}"),
         }
     }

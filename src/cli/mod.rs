@@ -94,6 +94,25 @@ pub struct Cli {
     #[arg(long, value_name = "GROUP")]
     pub admin_group: Option<String>,
 
+    /// Who may send NAMES: `any` (default, as epmd), `local`, or CIDR blocks
+    /// (comma-separated, e.g. `local,10.0.0.0/8`) [env: EPMD_RS_NAMES_ALLOW].
+    #[arg(long, value_name = "RULES")]
+    pub names_allow: Option<String>,
+
+    /// Who may send PORT_PLEASE2 (look nodes up): `any` (default), `local`, or CIDR blocks
+    /// [env: EPMD_RS_PORT_PLEASE_ALLOW].
+    #[arg(long, value_name = "RULES")]
+    pub port_please_allow: Option<String>,
+
+    /// Most open connections [default: the fd limit minus 32; env: EPMD_RS_MAX_CONNECTIONS].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most open connections from one non-local address [default: 1024; env:
+    /// EPMD_RS_MAX_CONNECTIONS_PER_SOURCE].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
+
     /// Write the daemon's pid to this file (with `-daemon`: before the command returns).
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
@@ -250,7 +269,7 @@ mod tests {
 
     #[test]
     fn modern_spellings_parse() {
-        let c = cli(&["--port", "5", "-dd", "--relaxed-command-check"]).unwrap();
+        let c = cli(&["--port", "5", "-d", "--debug", "--relaxed-command-check"]).unwrap();
         assert_eq!(c.port.as_deref(), Some("5"));
         assert_eq!(c.debug, 2);
         assert!(c.relaxed_command_check);

@@ -183,6 +183,12 @@ impl Registry {
         self.old.values()
     }
 
+    /// A number that changes whenever the set of live registrations changes (cache key for
+    /// rendered NAMES replies).
+    pub fn generation(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Number of live registrations.
     pub fn len(&self) -> usize {
         self.live.len()

@@ -217,6 +217,8 @@ impl Server {
             deadline_expiries: self.stats.deadline_expiries,
             accept_errors: self.stats.accept_errors,
             malformed_requests: self.stats.malformed_requests,
+            capped_connections: self.stats.capped,
+            policy_refusals: self.stats.policy_refusals,
             bytes_in,
             bytes_out,
         }

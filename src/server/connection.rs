@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -76,11 +77,34 @@ pub struct Connection {
     pub bytes_in: u64,
     /// Bytes written so far.
     pub bytes_out: u64,
+    /// The access policy lets this peer send NAMES.
+    pub may_list: bool,
+    /// The access policy lets this peer send PORT_PLEASE2.
+    pub may_lookup: bool,
     /// Bytes of a request that came in more than one read.
     rx: Vec<u8>,
     /// Reply bytes not yet written.
-    tx: Vec<u8>,
+    tx: Output,
     tx_pos: usize,
+}
+
+/// A reply being written: owned, or shared with other connections (a NAMES reply rendered
+/// once per registry change), so that many slow readers of a large reply cost one copy.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Bytes owned by this connection.
+    Owned(Vec<u8>),
+    /// Bytes shared with other connections.
+    Shared(Rc<Vec<u8>>),
+}
+
+impl Output {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Output::Owned(v) => v,
+            Output::Shared(v) => v,
+        }
+    }
 }
 
 impl Connection {
@@ -104,8 +128,10 @@ impl Connection {
             local_addr,
             bytes_in: 0,
             bytes_out: 0,
+            may_list: true,
+            may_lookup: true,
             rx: Vec::new(),
-            tx: Vec::new(),
+            tx: Output::Owned(Vec::new()),
             tx_pos: 0,
         }
     }
@@ -185,20 +211,20 @@ impl Connection {
     }
 
     /// Queues `reply` to be written.
-    pub fn queue(&mut self, reply: Vec<u8>) {
+    pub fn queue(&mut self, reply: Output) {
         self.tx = reply;
         self.tx_pos = 0;
     }
 
     /// True while reply bytes wait to be written.
     pub fn has_pending_output(&self) -> bool {
-        self.tx_pos < self.tx.len()
+        self.tx_pos < self.tx.bytes().len()
     }
 
     /// Writes queued bytes until done (`Ok(true)`) or the socket would block (`Ok(false)`).
     pub fn flush(&mut self) -> io::Result<bool> {
-        while self.tx_pos < self.tx.len() {
-            match self.stream.write(&self.tx[self.tx_pos..]) {
+        while self.tx_pos < self.tx.bytes().len() {
+            match self.stream.write(&self.tx.bytes()[self.tx_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.tx_pos += n;
@@ -209,7 +235,7 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        self.tx = Vec::new();
+        self.tx = Output::Owned(Vec::new());
         self.tx_pos = 0;
         Ok(true)
     }

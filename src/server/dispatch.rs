@@ -176,14 +176,11 @@ pub fn handle(
             encode_port2(found, &mut reply);
             Action::reply(reply, After::Close, Event::Lookup(found.is_some()))
         }
-        Request::Names => {
-            let mut reply = Vec::with_capacity(4 + 32 * registry.len());
-            push_port_header(config.header_port, &mut reply);
-            for r in registry.newest_first() {
-                push_names_line(r.info.name.as_bytes(), r.info.port, &mut reply);
-            }
-            Action::reply(reply, After::Close, Event::Names)
-        }
+        Request::Names => Action::reply(
+            names_reply(registry, config.header_port),
+            After::Close,
+            Event::Names,
+        ),
         Request::Dump => {
             let mut reply = Vec::with_capacity(4 + 48 * (registry.len() + registry.old_len()));
             push_port_header(config.header_port, &mut reply);
@@ -218,6 +215,16 @@ pub fn handle(
             }
         }
     }
+}
+
+/// The NAMES reply: the header, then one line per registration, newest first.
+pub fn names_reply(registry: &Registry, header_port: u32) -> Vec<u8> {
+    let mut reply = Vec::with_capacity(4 + 32 * registry.len());
+    push_port_header(header_port, &mut reply);
+    for r in registry.newest_first() {
+        push_names_line(r.info.name.as_bytes(), r.info.port, &mut reply);
+    }
+    reply
 }
 
 #[cfg(test)]

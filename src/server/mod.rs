@@ -11,6 +11,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod listener;
 pub mod peer;
+pub mod policy;
 pub mod stats;
 pub mod token;
 
@@ -27,8 +28,9 @@ use crate::admin::ConfigEntry;
 use crate::protocol::tag::FIRST_READ_BYTES;
 use crate::registry::{ConnId, Limits, Registry};
 use admin::{AdminConn, AdminListener};
-use connection::{CloseReason, Connection, Phase, ReadOutcome};
+use connection::{CloseReason, Connection, Output, Phase, ReadOutcome};
 use dispatch::{After, DispatchConfig, Event, Origin};
+use policy::AccessPolicy;
 use stats::Stats;
 use token::{listener_index, ConnTokens};
 
@@ -55,6 +57,42 @@ pub struct ServerConfig {
     /// NAMES and DUMP report the port the client connected to instead of the configured
     /// one (socket activation, where the two may differ).
     pub header_from_socket: bool,
+    /// Who may send NAMES.
+    pub names_policy: AccessPolicy,
+    /// Who may send PORT_PLEASE2.
+    pub port_please_policy: AccessPolicy,
+    /// Connection caps.
+    pub caps: Caps,
+}
+
+/// Bounds on open epmd connections (admin connections are not counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// Most open connections in total; above it a new connection is closed at once.
+    pub max_connections: usize,
+    /// Most open connections from one non-local source address.
+    pub max_per_source: usize,
+    /// Connections kept for local peers: non-local peers are refused once
+    /// `max_connections - local_reserve` connections are open, so a remote flood cannot
+    /// keep local nodes from registering.
+    pub local_reserve: usize,
+}
+
+impl Caps {
+    /// Caps for a process allowed `fd_limit` open files: everything but a few fds for
+    /// listeners, the admin socket, signals and logging; a tenth (at least 16) reserved for
+    /// local peers; 1024 per remote source.
+    pub fn for_fd_limit(fd_limit: u64) -> Caps {
+        let max = usize::try_from(fd_limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(32)
+            .max(64);
+        Caps {
+            max_connections: max,
+            max_per_source: 1024,
+            local_reserve: (max / 10).max(16),
+        }
+    }
 }
 
 /// Why [`Server::run`] returned.
@@ -92,6 +130,10 @@ pub struct Server {
     /// The next time `STATUS=` may be sent, while the registration count has changed.
     status_due: Option<Instant>,
     last_status_count: Option<usize>,
+    /// Open connections per non-local source address.
+    per_source: HashMap<std::net::IpAddr, usize>,
+    /// The NAMES reply for (registry generation, header port), shared by every reader.
+    names_cache: Option<(u64, u32, std::rc::Rc<Vec<u8>>)>,
 }
 
 impl Server {
@@ -134,6 +176,8 @@ impl Server {
             watchdog: None,
             status_due: None,
             last_status_count: None,
+            per_source: HashMap::new(),
+            names_cache: None,
             poll,
             listeners: mio_listeners,
             conns: HashMap::new(),
@@ -308,6 +352,30 @@ impl Server {
 
     fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
         let local_addr = stream.local_addr().ok();
+        let is_local = local_addr.is_some_and(|l| peer::is_local(peer, l));
+        let caps = self.config.caps;
+        let open = self.conns.len();
+        let from_source = if is_local {
+            0
+        } else {
+            self.per_source.get(&peer.ip()).copied().unwrap_or(0)
+        };
+        let refused = if open >= caps.max_connections {
+            Some("connection cap")
+        } else if !is_local && open >= caps.max_connections.saturating_sub(caps.local_reserve) {
+            Some("connection cap (room reserved for local peers)")
+        } else if !is_local && from_source >= caps.max_per_source {
+            Some("per-source connection cap")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            // Dropping the stream closes it at once: the client sees EOF, as the C epmd's
+            // "slots full" path does.
+            self.stats.capped += 1;
+            debug!("refusing {peer}: {why}");
+            return;
+        }
         let token = self.tokens.allocate();
         if let Err(e) = self
             .poll
@@ -330,6 +398,12 @@ impl Server {
             now + self.config.packet_timeout,
         );
         trace!("accepted {peer} (local: {}) as {token:?}", conn.local);
+        let mut conn = conn;
+        conn.may_list = self.config.names_policy.allows(peer, conn.local);
+        conn.may_lookup = self.config.port_please_policy.allows(peer, conn.local);
+        if !conn.local {
+            *self.per_source.entry(peer.ip()).or_insert(0) += 1;
+        }
         self.conns.insert(token, conn);
         self.stats.accepted += 1;
         self.stats.observe(self.conns.len(), self.registry.len());
@@ -378,17 +452,30 @@ impl Server {
 
     fn dispatch(&mut self, token: Token, request: crate::protocol::Request) -> Option<Shutdown> {
         let conn = self.conns.get(&token)?;
+        let refused = match request {
+            crate::protocol::Request::Names => !conn.may_list,
+            crate::protocol::Request::PortPlease2(_) => !conn.may_lookup,
+            _ => false,
+        };
+        if refused {
+            debug!("{token:?}: refused by the access policy");
+            self.stats.policy_refusals += 1;
+            self.close(token);
+            return None;
+        }
+        if request == crate::protocol::Request::Names {
+            let header_port = self.header_port_for(conn);
+            let reply = self.cached_names(header_port);
+            self.stats.count_event(&Event::Names);
+            return self.send(token, Output::Shared(reply), After::Close);
+        }
         let origin = Origin {
             conn: conn_id(token),
             fd: u32::try_from(conn.stream.as_raw_fd()).unwrap_or(0),
             local: conn.local,
         };
         let mut dispatch_config = self.config.dispatch;
-        if self.config.header_from_socket {
-            if let Some(local) = conn.local_addr {
-                dispatch_config.header_port = u32::from(local.port());
-            }
-        }
+        dispatch_config.header_port = self.header_port_for(conn);
         let conns = &self.conns;
         let action = dispatch::handle(
             request,
@@ -423,19 +510,45 @@ impl Server {
             self.close(token);
             return None;
         }
+        self.send(token, Output::Owned(action.reply), action.after)
+    }
+
+    fn send(&mut self, token: Token, reply: Output, after: After) -> Option<Shutdown> {
         let conn = self.conns.get_mut(&token)?;
-        conn.queue(action.reply);
+        conn.queue(reply);
         match self.config.delay_write {
             Some(d) => {
-                conn.phase = Phase::WriteDelay(Instant::now() + d, action.after);
+                conn.phase = Phase::WriteDelay(Instant::now() + d, after);
                 self.rearm(token);
                 None
             }
             None => {
-                conn.phase = Phase::Writing(action.after);
-                self.continue_writing(token, action.after)
+                conn.phase = Phase::Writing(after);
+                self.continue_writing(token, after)
             }
         }
+    }
+
+    /// The port NAMES and DUMP report to `conn`: the configured one, or under socket
+    /// activation the one the client connected to.
+    fn header_port_for(&self, conn: &Connection) -> u32 {
+        match (self.config.header_from_socket, conn.local_addr) {
+            (true, Some(local)) => u32::from(local.port()),
+            _ => self.config.dispatch.header_port,
+        }
+    }
+
+    /// The NAMES reply, rendered once per change of the registry and header port.
+    fn cached_names(&mut self, header_port: u32) -> std::rc::Rc<Vec<u8>> {
+        let generation = self.registry.generation();
+        if let Some((g, p, reply)) = &self.names_cache {
+            if *g == generation && *p == header_port {
+                return reply.clone();
+            }
+        }
+        let reply = std::rc::Rc::new(dispatch::names_reply(&self.registry, header_port));
+        self.names_cache = Some((generation, header_port, reply.clone()));
+        reply
     }
 
     fn continue_writing(&mut self, token: Token, after: After) -> Option<Shutdown> {
@@ -602,6 +715,14 @@ impl Server {
         }
         self.stats.bytes_in += conn.bytes_in;
         self.stats.bytes_out += conn.bytes_out;
+        if !conn.local {
+            if let Some(n) = self.per_source.get_mut(&conn.peer.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&conn.peer.ip());
+                }
+            }
+        }
         let _ = self.poll.registry().deregister(&mut conn.stream);
         drop(conn);
         if self.accept_paused_until.is_some() {

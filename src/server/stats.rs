@@ -28,6 +28,10 @@ pub struct Stats {
     pub peak_registrations: u64,
     /// Most simultaneous connections.
     pub peak_connections: u64,
+    /// Connections closed at once because a connection cap was reached.
+    pub capped: u64,
+    /// Requests refused by an access policy.
+    pub policy_refusals: u64,
 }
 
 impl Stats {
