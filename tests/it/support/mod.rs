@@ -1,0 +1,17 @@
+//! Helpers shared by every integration-test module.
+//!
+//! Each submodule owns one kind of resource: a free port, a daemon process, a raw protocol
+//! exchange, an Erlang node, a `/proc` lookup, or a bounded wait. Every process started here
+//! is killed by PID when its handle drops, and every wait is a bounded poll.
+
+// Not every test module uses every helper; the set is shared across modules on purpose.
+#![allow(dead_code)]
+
+pub(crate) mod c_epmd;
+pub(crate) mod daemon;
+pub(crate) mod erl;
+pub(crate) mod ports;
+pub(crate) mod procnet;
+pub(crate) mod raw;
+pub(crate) mod tmp;
+pub(crate) mod wait;
