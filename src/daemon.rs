@@ -6,13 +6,14 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use log::{info, warn};
 
 use crate::cli::DaemonConfig;
 use crate::error::Error;
+use crate::handover::transfer::{self, HANDOVER_FD_ENV};
 use crate::registry::Limits;
 use crate::server::dispatch::DispatchConfig;
 use crate::server::listener::{bind_all, bind_targets, ListenError};
@@ -29,10 +30,20 @@ pub enum Exit {
     Terminated,
     /// This was the `-daemon` parent; the detached child serves.
     Detached,
+    /// The daemon was handed over to a successor, which serves now.
+    HandedOver,
 }
 
 /// Runs the daemon until it is killed or terminated.
-pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Result<Exit, Error> {
+///
+/// `args` are the daemon's own arguments and `self_exe` its binary: a hand-over starts
+/// `self_exe` (or the binary asked for) with the same arguments.
+pub fn run(
+    config: &DaemonConfig,
+    args: &[OsString],
+    self_exe: Option<&Path>,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<Exit, Error> {
     let fd_limit = match raise_fd_limit() {
         Ok(n) => {
             info!("file descriptor limit: {n}");
@@ -51,6 +62,116 @@ pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Res
     if let Some(n) = config.max_connections_per_source {
         caps.max_per_source = n;
     }
+    let server_config = |activated: bool| ServerConfig {
+        dispatch: DispatchConfig {
+            header_port: config.header_port(),
+            relaxed: config.relaxed,
+        },
+        packet_timeout: config.packet_timeout,
+        delay_accept: config.delay_accept,
+        delay_write: config.delay_write,
+        limits: Limits::new(config.debug > 0),
+        report: config.report.clone(),
+        header_from_socket: activated,
+        names_policy: config.names_policy.clone(),
+        port_please_policy: config.port_please_policy.clone(),
+        caps,
+    };
+    let handover_fd = env(HANDOVER_FD_ENV)
+        .and_then(|v| v.into_string().ok())
+        .and_then(|v| v.parse::<RawFd>().ok());
+    let started = match handover_fd {
+        Some(fd) => {
+            // A successor: everything comes from the running daemon, nothing is bound.
+            let pid_file = config.pid_file.clone();
+            // SAFETY: the fd was inherited from the daemon that started us for this purpose.
+            let server = unsafe {
+                transfer::receive(fd, server_config(config.systemd), || match &pid_file {
+                    Some(path) => write_pid_file(path).map_err(|e| io::Error::other(e.to_string())),
+                    None => Ok(()),
+                })
+            }
+            .map_err(Error::Handover)?;
+            info!("took over from the previous daemon");
+            Started::Serving(Box::new(server))
+        }
+        None => start_fresh(config, &env, server_config)?,
+    };
+    let mut server = match started {
+        Started::Detached => return Ok(Exit::Detached),
+        Started::Serving(server) => server,
+    };
+    server.set_notifier(
+        systemd::Notifier::from_env(&env),
+        systemd::watchdog_interval(std::process::id(), &env),
+    );
+    loop {
+        let shutdown = server.run().map_err(|source| Error::Io {
+            context: "event loop failed",
+            source,
+        })?;
+        let exit = match shutdown {
+            Shutdown::Killed => Exit::Killed,
+            Shutdown::Terminated(_) => Exit::Terminated,
+            Shutdown::HandOver(request) => {
+                let binary = request
+                    .binary
+                    .clone()
+                    .or_else(|| self_exe.map(Path::to_path_buf));
+                let outcome = match &binary {
+                    Some(b) => transfer::hand_over(&server, b, args),
+                    None => Err(transfer::HandoverError::Spawn(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "the daemon's own binary is unknown",
+                    ))),
+                };
+                match outcome {
+                    Ok(pid) => {
+                        info!("handed over to pid {pid}");
+                        server.answer_admin(
+                            request.requester,
+                            &serde_json::json!({ "ok": true, "pid": pid }),
+                        );
+                        server.notify_main_pid(pid);
+                        server.disown_admin_socket();
+                        // The successor owns the sockets and the pid file now; closing our
+                        // copies of the fds leaves every connection open.
+                        return Ok(Exit::HandedOver);
+                    }
+                    Err(e) => {
+                        warn!("{e}; still serving");
+                        server.answer_admin(
+                            request.requester,
+                            &serde_json::json!({ "ok": false, "error": e.to_string() }),
+                        );
+                        continue;
+                    }
+                }
+            }
+        };
+        server.notify_stopping();
+        drop(server);
+        if let Some(path) = &config.pid_file {
+            let _ = std::fs::remove_file(path);
+        }
+        return Ok(exit);
+    }
+}
+
+/// The result of a fresh start.
+enum Started {
+    /// The `-daemon` parent: the detached child serves.
+    Detached,
+    /// Ready to serve.
+    Serving(Box<Server>),
+}
+
+/// Binds (or adopts) the sockets, creates the admin socket, detaches for `-daemon`.
+fn start_fresh(
+    config: &DaemonConfig,
+    env: impl Fn(&str) -> Option<OsString>,
+    server_config: impl Fn(bool) -> ServerConfig,
+) -> Result<Started, Error> {
     let (listeners, activated) = listeners(config, &env)?;
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
@@ -71,47 +192,17 @@ pub fn run(config: &DaemonConfig, env: impl Fn(&str) -> Option<OsString>) -> Res
     };
     if config.daemon {
         if detach(config.pid_file.as_deref())? {
-            return Ok(Exit::Detached);
+            return Ok(Started::Detached);
         }
     } else if let Some(path) = &config.pid_file {
         write_pid_file(path)?;
     }
-    let server_config = ServerConfig {
-        dispatch: DispatchConfig {
-            header_port: config.header_port(),
-            relaxed: config.relaxed,
-        },
-        packet_timeout: config.packet_timeout,
-        delay_accept: config.delay_accept,
-        delay_write: config.delay_write,
-        limits: Limits::new(config.debug > 0),
-        report: config.report.clone(),
-        header_from_socket: activated,
-        names_policy: config.names_policy.clone(),
-        port_please_policy: config.port_please_policy.clone(),
-        caps,
-    };
-    let mut server = Server::new(listeners, admin, server_config).map_err(|source| Error::Io {
-        context: "cannot start the event loop",
-        source,
-    })?;
-    server.set_notifier(
-        systemd::Notifier::from_env(&env),
-        systemd::watchdog_interval(std::process::id(), &env),
-    );
-    let result = server.run();
-    drop(server);
-    if let Some(path) = &config.pid_file {
-        let _ = std::fs::remove_file(path);
-    }
-    match result {
-        Ok(Shutdown::Killed) => Ok(Exit::Killed),
-        Ok(Shutdown::Terminated(_)) => Ok(Exit::Terminated),
-        Err(source) => Err(Error::Io {
-            context: "event loop failed",
+    let server = Server::new(listeners, admin, server_config(activated || config.systemd))
+        .map_err(|source| Error::Io {
+            context: "cannot start the event loop",
             source,
-        }),
-    }
+        })?;
+    Ok(Started::Serving(Box::new(server)))
 }
 
 /// The listening sockets and whether they came from socket activation: adopted when

@@ -18,6 +18,8 @@ pub enum Error {
     Daemonize(daemonize::Error),
     /// The admin socket could not be created.
     Admin(crate::server::admin::AdminSocketError),
+    /// Taking over from a running daemon failed.
+    Handover(crate::handover::transfer::ReceiveError),
     /// `-systemd` was given but systemd passed no sockets.
     NoSystemdSockets,
     /// An I/O operation failed.
@@ -47,6 +49,7 @@ impl fmt::Display for Error {
             Error::Listen(e) => e.fmt(f),
             Error::Daemonize(e) => write!(f, "cannot detach: {e}"),
             Error::Admin(e) => e.fmt(f),
+            Error::Handover(e) => e.fmt(f),
             Error::NoSystemdSockets => f.write_str("systemd provides no sockets"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }
@@ -60,6 +63,7 @@ impl std::error::Error for Error {
             Error::Listen(e) => Some(e),
             Error::Daemonize(e) => Some(e),
             Error::Admin(e) => Some(e),
+            Error::Handover(e) => Some(e),
             Error::Io { source, .. } => Some(source),
             Error::NoSystemdSockets => None,
         }

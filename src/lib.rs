@@ -16,6 +16,9 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod handover;
 pub mod logging;
 pub mod protocol;
 pub mod query;

@@ -8,6 +8,8 @@ use epmd_rs::{client, daemon, logging};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
+    // Resolved now: after an upgrade replaces the file, the path names the new binary.
+    let self_exe = std::env::current_exe().ok();
     let cli = match cli::parse(&args) {
         Ok(cli) => cli,
         Err(ParseError::Usage) => return usage(),
@@ -51,7 +53,12 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().write_all(&out.stderr);
             ExitCode::from(out.code)
         }
-        Action::Admin { socket, view, json } => {
+        Action::Admin {
+            socket,
+            view,
+            json,
+            binary,
+        } => {
             let Some(path) = socket else {
                 eprintln!(
                     "epmd-rs: {}",
@@ -60,7 +67,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             };
             let mut out = std::io::stdout().lock();
-            match epmd_rs::admin::client::run(&path, view, json, &mut out) {
+            let result = if view == epmd_rs::admin::View::Upgrade {
+                epmd_rs::admin::client::upgrade(&path, binary.as_deref(), json, &mut out)
+            } else {
+                epmd_rs::admin::client::run(&path, view, json, &mut out)
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("epmd-rs: {e}");
@@ -85,18 +97,20 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Action::Daemon(d) => match daemon::run(&d, |k| std::env::var_os(k)) {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) if e.exit_code() == 0 && d.daemon => {
-                // `erl` runs `epmd -daemon` at every start: stay quiet, as epmd does.
-                log::info!("{e}");
-                ExitCode::SUCCESS
+        Action::Daemon(d) => {
+            match daemon::run(&d, &args, self_exe.as_deref(), |k| std::env::var_os(k)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) if e.exit_code() == 0 && d.daemon => {
+                    // `erl` runs `epmd -daemon` at every start: stay quiet, as epmd does.
+                    log::info!("{e}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("epmd-rs: {e}");
+                    ExitCode::from(e.exit_code())
+                }
             }
-            Err(e) => {
-                eprintln!("epmd-rs: {e}");
-                ExitCode::from(e.exit_code())
-            }
-        },
+        }
     }
 }
 

@@ -26,6 +26,8 @@ pub enum AdminClientError {
     Io(io::Error),
     /// The daemon's answer was not the expected JSON.
     BadReply(serde_json::Error),
+    /// The daemon reported a failed hand-over (it keeps serving).
+    UpgradeFailed,
 }
 
 impl fmt::Display for AdminClientError {
@@ -41,6 +43,7 @@ impl fmt::Display for AdminClientError {
             ),
             AdminClientError::Io(e) => write!(f, "admin socket: {e}"),
             AdminClientError::BadReply(e) => write!(f, "unexpected reply from the daemon: {e}"),
+            AdminClientError::UpgradeFailed => f.write_str("the hand-over failed"),
         }
     }
 }
@@ -55,12 +58,37 @@ pub fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), AdminClientError> {
+    run_line(path, view, None, json, out)
+}
+
+/// Asks the daemon to hand itself over to a new process (`binary`, or its own); prints the
+/// outcome. Fails with [`AdminClientError::UpgradeFailed`] when the daemon reports failure.
+pub fn upgrade(
+    path: &Path,
+    binary: Option<&Path>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminClientError> {
+    run_line(path, View::Upgrade, binary, json, out)
+}
+
+fn run_line(
+    path: &Path,
+    view: View,
+    binary: Option<&Path>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminClientError> {
     let mut stream = UnixStream::connect(path).map_err(|source| AdminClientError::Connect {
         path: path.to_owned(),
         source,
     })?;
+    let line = match binary {
+        Some(b) => format!("{view} {}\n", b.display()),
+        None => format!("{view}\n"),
+    };
     stream
-        .write_all(format!("{view}\n").as_bytes())
+        .write_all(line.as_bytes())
         .map_err(AdminClientError::Io)?;
     if view == View::Watch {
         return watch(stream, json, out);
@@ -69,6 +97,28 @@ pub fn run(
     stream
         .read_to_end(&mut reply)
         .map_err(AdminClientError::Io)?;
+    if view == View::Upgrade {
+        let v: serde_json::Value =
+            serde_json::from_slice(&reply).map_err(AdminClientError::BadReply)?;
+        let ok = v.get("ok").and_then(|o| o.as_bool()) == Some(true);
+        let text = if json {
+            format!("{v}\n")
+        } else if ok {
+            format!("handed over to pid {}\n", v["pid"])
+        } else {
+            format!(
+                "hand-over failed, still serving: {}\n",
+                v["error"].as_str().unwrap_or("?")
+            )
+        };
+        out.write_all(text.as_bytes())
+            .map_err(AdminClientError::Io)?;
+        return if ok {
+            Ok(())
+        } else {
+            Err(AdminClientError::UpgradeFailed)
+        };
+    }
     let text = if json {
         // Validate, then print as the daemon sent it.
         serde_json::from_slice::<serde_json::Value>(&reply).map_err(AdminClientError::BadReply)?;
@@ -149,6 +199,7 @@ fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
                 row("malformed requests", s.malformed_requests.to_string()),
                 row("capped connections", s.capped_connections.to_string()),
                 row("policy refusals", s.policy_refusals.to_string()),
+                row("hand-overs", s.handovers.to_string()),
                 row("bytes in", s.bytes_in.to_string()),
                 row("bytes out", s.bytes_out.to_string()),
             ];
@@ -168,7 +219,7 @@ fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
                 .collect();
             render(&["SETTING", "VALUE", "SOURCE"], &rows)
         }
-        View::Watch => String::new(),
+        View::Watch | View::Upgrade => String::new(),
     })
 }
 

@@ -30,6 +30,9 @@ pub enum View {
     Watch,
     /// The effective configuration and where each value came from.
     Config,
+    /// Hand the daemon over to a new process (its own binary, or `--binary PATH`) without
+    /// closing any connection.
+    Upgrade,
 }
 
 impl View {
@@ -41,6 +44,7 @@ impl View {
             View::Stats => "stats",
             View::Watch => "watch",
             View::Config => "config",
+            View::Upgrade => "upgrade",
         }
     }
 
@@ -52,6 +56,7 @@ impl View {
             View::Stats,
             View::Watch,
             View::Config,
+            View::Upgrade,
         ]
         .into_iter()
         .find(|v| v.word() == word)
@@ -133,6 +138,9 @@ pub struct StatsView {
     pub accept_errors: u64,
     /// Framing violations, unknown tags and malformed requests (closed silently).
     pub malformed_requests: u64,
+    /// Hand-overs this daemon's state has gone through.
+    #[serde(default)]
+    pub handovers: u64,
     /// Connections closed at once because a connection cap was reached.
     #[serde(default)]
     pub capped_connections: u64,

@@ -37,6 +37,8 @@ pub enum Action {
         view: View,
         /// JSON instead of a table.
         json: bool,
+        /// `upgrade --binary`.
+        binary: Option<PathBuf>,
     },
     /// Write the man page and shell completions into a directory.
     Generate(PathBuf),
@@ -171,6 +173,7 @@ impl Config {
                 socket,
                 port,
                 json,
+                binary,
             }) => {
                 let socket = socket
                     .clone()
@@ -183,6 +186,7 @@ impl Config {
                         socket,
                         view: *view,
                         json: *json,
+                        binary: binary.clone(),
                     },
                     debug: cli.debug,
                 });

@@ -70,6 +70,29 @@ impl fmt::Display for RegisterError {
 
 impl std::error::Error for RegisterError {}
 
+/// Why a registry could not be rebuilt from a saved state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreError {
+    /// Two live registrations share a name.
+    DuplicateName,
+    /// Two live registrations share a connection.
+    DuplicateConnection,
+    /// Two old slots share a name, or an old slot names a live registration.
+    DuplicateOldName,
+}
+
+impl fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestoreError::DuplicateName => "two registrations share a name",
+            RestoreError::DuplicateConnection => "two registrations share a connection",
+            RestoreError::DuplicateOldName => "an old name is listed twice or is registered",
+        })
+    }
+}
+
+impl std::error::Error for RestoreError {}
+
 /// Registrations and old names.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -96,6 +119,46 @@ impl Registry {
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Rebuilds a registry from saved registrations and old slots, both oldest first (the
+    /// order [`oldest_first`](Self::oldest_first) and [`old_entries`](Self::old_entries)
+    /// give), keeping their creations, fds and times, so NAMES order is unchanged.
+    pub fn restore(
+        limits: Limits,
+        live: Vec<Registration>,
+        old: Vec<OldEntry>,
+    ) -> Result<Registry, RestoreError> {
+        let mut r = Registry::new(limits);
+        for slot in old {
+            if r.old_by_name.contains_key(&slot.name) {
+                return Err(RestoreError::DuplicateOldName);
+            }
+            let seq = r.next_seq();
+            r.old_by_name.insert(slot.name.clone(), seq);
+            r.old.insert(seq, slot);
+        }
+        for reg in live {
+            if r.live_by_name.contains_key(&reg.info.name) {
+                return Err(RestoreError::DuplicateName);
+            }
+            if r.old_by_name.contains_key(&reg.info.name) {
+                return Err(RestoreError::DuplicateOldName);
+            }
+            if r.live_by_conn.contains_key(&reg.conn) {
+                return Err(RestoreError::DuplicateConnection);
+            }
+            let seq = r.next_seq();
+            r.live_by_name.insert(reg.info.name.clone(), seq);
+            r.live_by_conn.insert(reg.conn, seq);
+            r.live.insert(seq, reg);
+        }
+        Ok(r)
+    }
+
+    /// Live registrations, oldest first (the order [`restore`](Self::restore) takes).
+    pub fn oldest_first(&self) -> impl Iterator<Item = &Registration> {
+        self.live.values()
     }
 
     /// Registers `info` for `conn`; returns the slot's 32-bit creation counter.

@@ -159,6 +159,65 @@ fn old_list_recycles_the_oldest_slot_past_the_threshold() {
 }
 
 #[test]
+fn restore_keeps_order_creations_and_old_slots() {
+    let mut r = Registry::default();
+    for (i, n) in ["a", "b", "c"].iter().enumerate() {
+        r.register(ConnId(i as u64), i as u32, info(n, i as u16), T0 + i as u64)
+            .unwrap();
+    }
+    r.unregister_conn(ConnId(1));
+    let live: Vec<Registration> = r.oldest_first().cloned().collect();
+    let old: Vec<OldEntry> = r.old_entries().cloned().collect();
+    let mut back = Registry::restore(Limits::default(), live, old).unwrap();
+    back.assert_invariants();
+    assert_eq!(names(&back), ["c", "a"]);
+    assert_eq!(
+        back.lookup(&info("c", 0).name).unwrap().creation,
+        1_800_000_003
+    );
+    // The old slot still bumps its creation on re-registration.
+    assert_eq!(
+        back.register(ConnId(9), 0, info("b", 1), T0 + 99).unwrap(),
+        1_800_000_003
+    );
+    back.assert_invariants();
+}
+
+#[test]
+fn restore_refuses_inconsistent_states() {
+    let reg = |name: &str, conn: u64| Registration {
+        info: info(name, 1),
+        conn: ConnId(conn),
+        fd: 0,
+        creation: 5,
+        registered_at: T0,
+    };
+    let old = |name: &str| OldEntry {
+        name: NodeName::new(name.as_bytes()).unwrap(),
+        port: 1,
+        fd: 0,
+        creation: 5,
+    };
+    let limits = Limits::default();
+    assert_eq!(
+        Registry::restore(limits, vec![reg("a", 1), reg("a", 2)], vec![]).unwrap_err(),
+        RestoreError::DuplicateName
+    );
+    assert_eq!(
+        Registry::restore(limits, vec![reg("a", 1), reg("b", 1)], vec![]).unwrap_err(),
+        RestoreError::DuplicateConnection
+    );
+    assert_eq!(
+        Registry::restore(limits, vec![reg("a", 1)], vec![old("a")]).unwrap_err(),
+        RestoreError::DuplicateOldName
+    );
+    assert_eq!(
+        Registry::restore(limits, vec![], vec![old("x"), old("x")]).unwrap_err(),
+        RestoreError::DuplicateOldName
+    );
+}
+
+#[test]
 fn old_entries_are_listed_oldest_first() {
     let mut r = Registry::default();
     for (i, n) in ["x", "y", "z"].iter().enumerate() {

@@ -54,6 +54,17 @@ impl Server {
                 return;
             }
             AdminRead::Line(line) => {
+                let (word, arg) = match line.split_once(' ') {
+                    Some((w, a)) => (w.to_owned(), Some(a.trim().to_owned())),
+                    None => (line.clone(), None),
+                };
+                if View::parse(&word) == Some(View::Upgrade) {
+                    self.handover_requested = Some(super::HandOverRequest {
+                        binary: arg.filter(|a| !a.is_empty()).map(Into::into),
+                        requester: Some(token),
+                    });
+                    return;
+                }
                 let reply = match View::parse(&line) {
                     Some(View::Watch) => {
                         conn.watching = true;
@@ -94,6 +105,19 @@ impl Server {
             }
             Err(_) => self.close_admin(token),
         }
+    }
+
+    /// Sends `reply` (one JSON document) to the admin client `token` and closes it.
+    pub fn answer_admin(&mut self, token: Option<Token>, reply: &serde_json::Value) {
+        let Some(token) = token else {
+            return;
+        };
+        if let Some(c) = self.admin_conns.get_mut(&token) {
+            c.queue(reply.to_string().as_bytes());
+            c.queue(b"\n");
+            c.close_after_flush = true;
+        }
+        self.flush_admin(token);
     }
 
     fn close_admin(&mut self, token: Token) {
@@ -150,7 +174,7 @@ impl Server {
             }
             View::Stats => serde_json::to_string(&self.stats_view()),
             View::Config => serde_json::to_string(&self.config.report),
-            View::Watch => Ok(String::new()),
+            View::Watch | View::Upgrade => Ok(String::new()),
         };
         json.unwrap_or_default()
     }
@@ -217,6 +241,7 @@ impl Server {
             deadline_expiries: self.stats.deadline_expiries,
             accept_errors: self.stats.accept_errors,
             malformed_requests: self.stats.malformed_requests,
+            handovers: self.stats.handovers,
             capped_connections: self.stats.capped,
             policy_refusals: self.stats.policy_refusals,
             bytes_in,

@@ -210,6 +210,23 @@ impl Connection {
         }
     }
 
+    /// Bytes of a request received so far (for a hand-over).
+    pub fn pending_rx(&self) -> &[u8] {
+        &self.rx
+    }
+
+    /// Reply bytes not yet written (for a hand-over).
+    pub fn pending_tx(&self) -> &[u8] {
+        &self.tx.bytes()[self.tx_pos..]
+    }
+
+    /// Puts back the buffers of a connection taken over from another process.
+    pub fn restore_buffers(&mut self, rx: Vec<u8>, tx: Vec<u8>) {
+        self.rx = rx;
+        self.tx = Output::Owned(tx);
+        self.tx_pos = 0;
+    }
+
     /// Queues `reply` to be written.
     pub fn queue(&mut self, reply: Output) {
         self.tx = reply;

@@ -9,6 +9,7 @@ pub mod admin;
 mod admin_views;
 pub mod connection;
 pub mod dispatch;
+pub mod handover;
 pub mod listener;
 pub mod peer;
 pub mod policy;
@@ -96,12 +97,23 @@ impl Caps {
 }
 
 /// Why [`Server::run`] returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Shutdown {
     /// A KILL_REQ was honoured: exit with status 0.
     Killed,
     /// SIGTERM or SIGINT: exit with status 0.
     Terminated(i32),
+    /// SIGUSR2 or `admin upgrade`: hand the daemon over to a new process.
+    HandOver(HandOverRequest),
+}
+
+/// A request to hand the daemon over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandOverRequest {
+    /// The binary to start; `None` means the daemon's own.
+    pub binary: Option<std::path::PathBuf>,
+    /// The admin connection that asked, to be told the outcome.
+    pub requester: Option<Token>,
 }
 
 /// How often at most `STATUS=` is sent to systemd while registrations change.
@@ -134,6 +146,9 @@ pub struct Server {
     per_source: HashMap<std::net::IpAddr, usize>,
     /// The NAMES reply for (registry generation, header port), shared by every reader.
     names_cache: Option<(u64, u32, std::rc::Rc<Vec<u8>>)>,
+    /// A hand-over asked for by an admin client, acted on after the current events.
+    handover_requested: Option<HandOverRequest>,
+    ready_sent: bool,
 }
 
 impl Server {
@@ -167,6 +182,7 @@ impl Server {
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGHUP,
+            signal_hook::consts::SIGUSR2,
         ])?;
         poll.registry()
             .register(&mut signals, token::SIGNALS, Interest::READABLE)?;
@@ -178,6 +194,8 @@ impl Server {
             last_status_count: None,
             per_source: HashMap::new(),
             names_cache: None,
+            handover_requested: None,
+            ready_sent: false,
             poll,
             listeners: mio_listeners,
             conns: HashMap::new(),
@@ -237,16 +255,25 @@ impl Server {
         self.status_due = None;
     }
 
-    /// Runs the loop until a KILL is honoured, a SIGTERM/SIGINT arrives, or polling fails.
-    pub fn run(&mut self) -> io::Result<Shutdown> {
-        let outcome = self.serve();
+    /// Tells systemd the daemon is stopping.
+    pub fn notify_stopping(&self) {
         self.notify("STOPPING=1");
-        outcome
     }
 
-    fn serve(&mut self) -> io::Result<Shutdown> {
+    /// Tells systemd that `pid` is the service's main process from now on.
+    pub fn notify_main_pid(&self, pid: u32) {
+        self.notify(&format!("MAINPID={pid}"));
+    }
+
+    /// Runs the loop until a KILL is honoured, a signal asks to stop or to hand over, an
+    /// admin client asks for an upgrade, or polling fails. It may be called again after a
+    /// failed hand-over: the loop resumes where it was.
+    pub fn run(&mut self) -> io::Result<Shutdown> {
         let mut events = Events::with_capacity(1024);
-        self.notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+        if !self.ready_sent {
+            self.notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+            self.ready_sent = true;
+        }
         self.send_status();
         loop {
             let timeout = self.poll_timeout(Instant::now());
@@ -277,6 +304,9 @@ impl Server {
             if let Some(shutdown) = self.handle_timers(Instant::now()) {
                 return Ok(shutdown);
             }
+            if let Some(request) = self.handover_requested.take() {
+                return Ok(Shutdown::HandOver(request));
+            }
         }
     }
 
@@ -300,6 +330,13 @@ impl Server {
                 signal_hook::consts::SIGHUP => {
                     info!("SIGHUP: reopening the log file");
                     crate::logging::reopen();
+                }
+                signal_hook::consts::SIGUSR2 => {
+                    info!("SIGUSR2: handing over to a new process");
+                    return Some(Shutdown::HandOver(HandOverRequest {
+                        binary: None,
+                        requester: None,
+                    }));
                 }
                 other => {
                     info!("signal {other}: shutting down");

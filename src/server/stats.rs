@@ -32,9 +32,78 @@ pub struct Stats {
     pub capped: u64,
     /// Requests refused by an access policy.
     pub policy_refusals: u64,
+    /// Hand-overs this daemon's state has gone through.
+    pub handovers: u64,
 }
 
+/// Every key [`Stats::count_event`] uses (so that counters read back from a saved state map
+/// onto the same static keys).
+pub const REQUEST_KEYS: &[&str] = &[
+    "alive2.registered",
+    "alive2.replaced_dead_owner",
+    "alive2.duplicate",
+    "alive2.bad_name",
+    "port_please2.found",
+    "port_please2.not_found",
+    "names",
+    "dump",
+    "kill.refused",
+    "kill.honoured",
+    "stop.stopped",
+    "stop.noexist",
+    "stop.ignored",
+];
+
 impl Stats {
+    /// The counters other than requests, by name (for saving).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("accepted", self.accepted),
+            ("non_local_refusals", self.non_local_refusals),
+            ("deadline_expiries", self.deadline_expiries),
+            ("accept_errors", self.accept_errors),
+            ("malformed_requests", self.malformed_requests),
+            ("bytes_in", self.bytes_in),
+            ("bytes_out", self.bytes_out),
+            ("peak_registrations", self.peak_registrations),
+            ("peak_connections", self.peak_connections),
+            ("capped", self.capped),
+            ("policy_refusals", self.policy_refusals),
+        ]
+    }
+
+    /// Restores counters saved with [`counters`](Self::counters) and request counts;
+    /// unknown names are ignored (a newer writer may count more things).
+    pub fn restore<'a>(
+        counters: impl Iterator<Item = (&'a str, u64)>,
+        requests: impl Iterator<Item = (&'a str, u64)>,
+    ) -> Stats {
+        let mut s = Stats::default();
+        for (k, v) in counters {
+            let slot = match k {
+                "accepted" => &mut s.accepted,
+                "non_local_refusals" => &mut s.non_local_refusals,
+                "deadline_expiries" => &mut s.deadline_expiries,
+                "accept_errors" => &mut s.accept_errors,
+                "malformed_requests" => &mut s.malformed_requests,
+                "bytes_in" => &mut s.bytes_in,
+                "bytes_out" => &mut s.bytes_out,
+                "peak_registrations" => &mut s.peak_registrations,
+                "peak_connections" => &mut s.peak_connections,
+                "capped" => &mut s.capped,
+                "policy_refusals" => &mut s.policy_refusals,
+                _ => continue,
+            };
+            *slot = v;
+        }
+        for (k, v) in requests {
+            if let Some(key) = REQUEST_KEYS.iter().find(|key| **key == k) {
+                s.requests.insert(key, v);
+            }
+        }
+        s
+    }
+
     /// Counts the outcome of a request.
     pub fn count_event(&mut self, event: &Event) {
         let key = match event {

@@ -1,0 +1,160 @@
+//! Passing file descriptors over a Unix stream socket with SCM_RIGHTS, in batches, one
+//! marker byte per batch (so a batch's fds always arrive with its byte).
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+/// Most fds sent in one message (the kernel's SCM_MAX_FD is 253).
+pub const BATCH: usize = 200;
+
+/// Sends `fds` in batches of at most [`BATCH`], each with one marker byte.
+pub fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+    for chunk in fds.chunks(BATCH) {
+        send_batch(sock, chunk)?;
+    }
+    Ok(())
+}
+
+/// Receives exactly `count` fds sent by [`send_fds`]; they are close-on-exec.
+pub fn recv_fds(sock: &UnixStream, count: usize) -> io::Result<Vec<OwnedFd>> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let batch = recv_batch(sock)?;
+        if batch.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "batch without fds",
+            ));
+        }
+        out.extend(batch);
+    }
+    if out.len() != count {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many fds received",
+        ));
+    }
+    Ok(out)
+}
+
+fn cmsg_space(n: usize) -> usize {
+    // SAFETY: CMSG_SPACE only computes a size.
+    unsafe { libc::CMSG_SPACE((n * mem::size_of::<RawFd>()) as u32) as usize }
+}
+
+fn send_batch(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+    let mut byte = [b'F'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = vec![0u8; cmsg_space(fds.len())];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    // SAFETY: the control buffer has room for one header with fds.len() fds.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * mem::size_of::<RawFd>()) as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            fds.len() * mem::size_of::<RawFd>(),
+        );
+    }
+    loop {
+        // SAFETY: msg is fully initialised and points at live buffers.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n == 1 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if n < 0 && e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(if n < 0 {
+            e
+        } else {
+            io::ErrorKind::WriteZero.into()
+        });
+    }
+}
+
+fn recv_batch(sock: &UnixStream) -> io::Result<Vec<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = vec![0u8; cmsg_space(BATCH)];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    let n = loop {
+        // SAFETY: msg points at live buffers of the sizes it declares.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel filled in, within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / mem::size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "fds truncated"));
+    }
+    Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn fds_survive_the_trip_in_batches() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let pipes: Vec<(UnixStream, UnixStream)> =
+            (0..450).map(|_| UnixStream::pair().unwrap()).collect();
+        let raw: Vec<RawFd> = pipes.iter().map(|(x, _)| x.as_raw_fd()).collect();
+        send_fds(&a, &raw).unwrap();
+        let got = recv_fds(&b, raw.len()).unwrap();
+        assert_eq!(got.len(), 450);
+        // The received fd 17 is the same socket as pipes[17].0.
+        let mut received = UnixStream::from(got.into_iter().nth(17).unwrap());
+        received.write_all(b"x").unwrap();
+        let mut buf = [0u8; 1];
+        (&pipes[17].1).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"x");
+    }
+}
