@@ -2,9 +2,11 @@
 //! them from systemd), create the admin socket, detach for `-daemon` only after all of that
 //! (so the command returns when the port already accepts), then run the loop.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::io::{Seek, SeekFrom};
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -13,6 +15,7 @@ use log::{info, warn};
 
 use crate::cli::DaemonConfig;
 use crate::error::Error;
+use crate::handover::state::State;
 use crate::handover::transfer::{self, HANDOVER_FD_ENV};
 use crate::registry::Limits;
 use crate::server::dispatch::DispatchConfig;
@@ -93,18 +96,33 @@ pub fn run(
             }
             .map_err(Error::Handover)?;
             info!("took over from the previous daemon");
-            Started::Serving(Box::new(server))
+            Started::Serving(
+                Box::new(server),
+                Restore {
+                    memfd: None,
+                    stale: Vec::new(),
+                },
+            )
         }
         None => start_fresh(config, &env, server_config)?,
     };
-    let mut server = match started {
+    let (mut server, restore) = match started {
         Started::Detached => return Ok(Exit::Detached),
-        Started::Serving(server) => server,
+        Started::Serving(server, restore) => (server, restore),
     };
     server.set_notifier(
         systemd::Notifier::from_env(&env),
         systemd::watchdog_interval(std::process::id(), &env),
     );
+    for name in &restore.stale {
+        server.fd_store_remove(name);
+    }
+    if config.fd_store {
+        match server.enable_fd_store(restore.memfd) {
+            Ok(()) => info!("keeping registrations in systemd's fd store"),
+            Err(e) => warn!("cannot use systemd's fd store: {e}"),
+        }
+    }
     loop {
         let shutdown = server.run().map_err(|source| Error::Io {
             context: "event loop failed",
@@ -128,6 +146,7 @@ pub fn run(
                 match outcome {
                     Ok(pid) => {
                         info!("handed over to pid {pid}");
+                        server.release_fd_store_state();
                         server.answer_admin(
                             request.requester,
                             &serde_json::json!({ "ok": true, "pid": pid }),
@@ -162,8 +181,8 @@ pub fn run(
 enum Started {
     /// The `-daemon` parent: the detached child serves.
     Detached,
-    /// Ready to serve.
-    Serving(Box<Server>),
+    /// Ready to serve, with what a restart from the fd store left to do.
+    Serving(Box<Server>, Restore),
 }
 
 /// Binds (or adopts) the sockets, creates the admin socket, detaches for `-daemon`.
@@ -172,7 +191,8 @@ fn start_fresh(
     env: impl Fn(&str) -> Option<OsString>,
     server_config: impl Fn(bool) -> ServerConfig,
 ) -> Result<Started, Error> {
-    let (listeners, activated) = listeners(config, &env)?;
+    let found = listeners(config, &env)?;
+    let (listeners, activated) = (found.listeners, found.activated);
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
             info!("listening on {addr}");
@@ -197,48 +217,167 @@ fn start_fresh(
     } else if let Some(path) = &config.pid_file {
         write_pid_file(path)?;
     }
-    let server = Server::new(listeners, admin, server_config(activated || config.systemd))
-        .map_err(|source| Error::Io {
-            context: "cannot start the event loop",
-            source,
-        })?;
-    Ok(Started::Serving(Box::new(server)))
+    let config_now = server_config(activated || config.systemd);
+    let mut restore = Restore {
+        memfd: None,
+        stale: Vec::new(),
+    };
+    let server = match found.state {
+        Some(mut memfd) if config.fd_store => {
+            let mut doc = Vec::new();
+            memfd
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| memfd.read_to_end(&mut doc))
+                .map_err(|source| Error::Io {
+                    context: "cannot read the stored state",
+                    source,
+                })?;
+            restore.memfd = Some(memfd);
+            restored_server(
+                &doc,
+                listeners,
+                admin,
+                found.conns,
+                config_now,
+                &mut restore,
+            )?
+        }
+        _ => {
+            restore.stale = found.conns.into_iter().map(|(n, _)| n).collect();
+            Server::new(listeners, admin, config_now).map_err(|source| Error::Io {
+                context: "cannot start the event loop",
+                source,
+            })?
+        }
+    };
+    Ok(Started::Serving(Box::new(server), restore))
 }
 
-/// The listening sockets and whether they came from socket activation: adopted when
-/// `LISTEN_FDS` is meant for us (required by `-systemd`), bound as spec §7.3 says otherwise.
+/// What a restart from the fd store leaves to do once sd_notify works.
+struct Restore {
+    /// The stored state memfd, to keep using.
+    memfd: Option<File>,
+    /// Stored connection names that were not restored (to remove from the store).
+    stale: Vec<String>,
+}
+
+/// Rebuilds the server from a stored state document and the stored connections.
+fn restored_server(
+    doc: &[u8],
+    listeners: Vec<TcpListener>,
+    admin: Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>,
+    conns: Vec<(String, OwnedFd)>,
+    config: ServerConfig,
+    restore: &mut Restore,
+) -> Result<Server, Error> {
+    let io_err = |source| Error::Io {
+        context: "cannot restore the stored state",
+        source,
+    };
+    let mut state = State::decode(doc)
+        .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
+    let mut fds: HashMap<String, OwnedFd> = HashMap::new();
+    state.listeners.clear();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let name = format!("listen-{i}");
+        state.listeners.push(name.clone());
+        fds.insert(name, OwnedFd::from(l));
+    }
+    state.admin = admin.map(|(l, path)| {
+        fds.insert("admin".to_owned(), OwnedFd::from(l));
+        crate::handover::state::AdminState {
+            fd: "admin".to_owned(),
+            path: path.display().to_string(),
+        }
+    });
+    let listed: std::collections::HashSet<String> =
+        state.connections.iter().map(|c| c.fd.clone()).collect();
+    for (name, fd) in conns {
+        if listed.contains(&name) {
+            fds.insert(name, fd);
+        } else {
+            restore.stale.push(name);
+        }
+    }
+    state.connections.retain(|c| fds.contains_key(&c.fd));
+    let before: Vec<String> = state.connections.iter().map(|c| c.fd.clone()).collect();
+    let server = Server::from_state(state, fds, config)
+        .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
+    let kept = server.store_names();
+    restore
+        .stale
+        .extend(before.into_iter().filter(|n| !kept.contains(n)));
+    info!(
+        "restored {} registrations from the fd store",
+        server.registry().len()
+    );
+    Ok(server)
+}
+
+/// What a fresh start found: listening sockets, whether they came from socket activation,
+/// and what systemd's fd store gave back (a state memfd and stored connections).
+struct Found {
+    listeners: Vec<TcpListener>,
+    activated: bool,
+    state: Option<File>,
+    conns: Vec<(String, OwnedFd)>,
+}
+
+/// The listening sockets: adopted when `LISTEN_FDS` is meant for us (required by
+/// `-systemd`), bound as spec §7.3 says otherwise; plus anything from the fd store.
 fn listeners(
     config: &DaemonConfig,
     env: impl Fn(&str) -> Option<OsString>,
-) -> Result<(Vec<TcpListener>, bool), Error> {
+) -> Result<Found, Error> {
     let passed = systemd::listen_fds_count(std::process::id(), &env);
     if passed > 0 {
-        if passed > MAX_LISTENERS {
-            return Err(Error::Listen(ListenError::TooMany));
-        }
-        if let Some(names) = env("LISTEN_FDNAMES") {
-            info!(
-                "socket activation: {passed} sockets ({})",
-                names.to_string_lossy()
-            );
-        }
+        let names: Vec<String> = env("LISTEN_FDNAMES")
+            .map(|n| n.to_string_lossy().split(':').map(str::to_owned).collect())
+            .unwrap_or_default();
+        info!("socket activation: {passed} fds ({})", names.join(":"));
         // SAFETY: LISTEN_PID names this process, so fds 3.. were passed to us by the
         // service manager and nothing in this process has taken them.
-        let adopted = unsafe { systemd::adopt(passed) }.map_err(|source| Error::Io {
+        let got = unsafe { systemd::adopt_named(passed, &names) }.map_err(|source| Error::Io {
             context: "cannot obtain sockets from systemd",
             source,
         })?;
-        return Ok((adopted, true));
+        if got.listeners.len() > MAX_LISTENERS {
+            return Err(Error::Listen(ListenError::TooMany));
+        }
+        if !got.listeners.is_empty() {
+            return Ok(Found {
+                listeners: got.listeners,
+                activated: true,
+                state: got.state,
+                conns: got.conns,
+            });
+        }
+        if config.systemd {
+            return Err(Error::NoSystemdSockets);
+        }
+        let mut found = bind_listeners(config)?;
+        found.state = got.state;
+        found.conns = got.conns;
+        return Ok(found);
     }
     if config.systemd {
         return Err(Error::NoSystemdSockets);
     }
+    bind_listeners(config)
+}
+
+fn bind_listeners(config: &DaemonConfig) -> Result<Found, Error> {
     let targets = bind_targets(config.addresses.as_deref(), config.bind_port());
     let (bound, skipped) = bind_all(&targets)?;
     for (addr, e) in skipped {
         warn!("cannot listen on {addr}: {e}");
     }
-    Ok((bound, false))
+    Ok(Found {
+        listeners: bound,
+        activated: false,
+        state: None,
+        conns: Vec::new(),
+    })
 }
 
 /// Detaches with the daemonize crate. Returns `true` in the original process, which returns

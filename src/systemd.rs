@@ -55,6 +55,57 @@ pub unsafe fn adopt(count: usize) -> io::Result<Vec<TcpListener>> {
     Ok(out)
 }
 
+/// What systemd passed, sorted by `LISTEN_FDNAMES`: listening sockets, the state memfd
+/// (`state`) and registration connections (`conn-…`) from the fd store.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// Listening sockets (any other name, e.g. the socket unit's `epmd`).
+    pub listeners: Vec<TcpListener>,
+    /// The state memfd, if one was stored.
+    pub state: Option<std::fs::File>,
+    /// Stored connections by name.
+    pub conns: Vec<(String, std::os::fd::OwnedFd)>,
+}
+
+/// Takes ownership of `count` passed fds, sorted by their `names` (from
+/// `LISTEN_FDNAMES`; missing names mean listening sockets).
+///
+/// # Safety
+/// As for [`adopt`]: the fds `3..3 + count` were passed to this process and are owned by
+/// nothing else in it.
+pub unsafe fn adopt_named(count: usize, names: &[String]) -> io::Result<Passed> {
+    let mut passed = Passed::default();
+    let mut listener_fds = Vec::new();
+    for i in 0..count {
+        let fd = LISTEN_FDS_START + i as RawFd;
+        let name = names.get(i).map(String::as_str).unwrap_or("");
+        // SAFETY: the caller guarantees that fd was passed to us and nobody else owns it.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        if name == "state" {
+            passed.state = Some(std::fs::File::from(owned));
+        } else if name.starts_with("conn-") {
+            socket2::SockRef::from(&owned).set_cloexec(true)?;
+            passed.conns.push((name.to_owned(), owned));
+        } else {
+            listener_fds.push(owned);
+        }
+    }
+    for owned in listener_fds {
+        let listener = TcpListener::from(owned);
+        let sock = socket2::SockRef::from(&listener);
+        if sock.r#type()? != socket2::Type::STREAM || !sock.is_listener()? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "passed fd is not a listening stream socket",
+            ));
+        }
+        sock.set_cloexec(true)?;
+        sock.set_nonblocking(true)?;
+        passed.listeners.push(listener);
+    }
+    Ok(passed)
+}
+
 /// A connection to the service manager's notification socket (`sd_notify`).
 #[derive(Debug)]
 pub struct Notifier {
@@ -74,6 +125,7 @@ impl Notifier {
             _ => return None,
         };
         let socket = UnixDatagram::unbound().ok()?;
+        socket.connect_addr(&addr).ok()?;
         let _ = socket.set_nonblocking(true);
         Some(Notifier { socket, addr })
     }
@@ -81,9 +133,17 @@ impl Notifier {
     /// Sends one notification (`READY=1`, `STATUS=...`, ...). Errors are returned, not
     /// fatal: the daemon serves whether or not systemd listens.
     pub fn notify(&self, state: &str) -> io::Result<()> {
-        self.socket
-            .send_to_addr(state.as_bytes(), &self.addr)
-            .map(|_| ())
+        self.socket.send(state.as_bytes()).map(|_| ())
+    }
+
+    /// Sends a notification with fds attached (`FDSTORE=1`).
+    pub fn notify_with_fds(&self, state: &str, fds: &[RawFd]) -> io::Result<()> {
+        crate::handover::fdpass::send_with_fds(self.socket.as_raw_fd(), state.as_bytes(), fds)
+    }
+
+    /// The address notifications go to.
+    pub fn address(&self) -> &UnixAddr {
+        &self.addr
     }
 
     /// The fd of the notification socket (kept open across the loop).

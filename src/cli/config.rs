@@ -106,6 +106,8 @@ pub struct DaemonConfig {
     pub max_connections: Option<usize>,
     /// `--max-connections-per-source`.
     pub max_connections_per_source: Option<usize>,
+    /// Keep registrations in systemd's fd store.
+    pub fd_store: bool,
 }
 
 impl DaemonConfig {
@@ -314,6 +316,7 @@ impl Config {
             port_please_policy: policy("port-please-allow", &port_please_allow)?,
             max_connections: max_connections.map(|(n, _)| n),
             max_connections_per_source: max_per_source.map(|(n, _)| n),
+            fd_store: cli.fd_store || env("FDSTORE").is_some(),
         };
         let shown = |v: &Option<(String, Source)>| match v {
             Some((text, src)) => (text.clone(), *src),
@@ -405,6 +408,11 @@ impl Config {
                 Some((g, src)) => entry("admin-group", g.clone(), *src),
                 None => entry("admin-group", "none".to_owned(), Source::Default),
             },
+            entry(
+                "fd-store",
+                daemon.fd_store.to_string(),
+                flag_or_env(cli.fd_store, "FDSTORE"),
+            ),
             entry("names-allow", names_text, names_src),
             entry("port-please-allow", lookup_text, lookup_src),
             entry("max-connections", max_text, max_src),

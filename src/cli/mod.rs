@@ -113,6 +113,12 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_connections_per_source: Option<usize>,
 
+    /// Keep registrations in systemd's file-descriptor store, so that they survive
+    /// `systemctl restart` and crashes (needs `FileDescriptorStoreMax=` in the unit; on by
+    /// itself when systemd sets $FDSTORE).
+    #[arg(long)]
+    pub fd_store: bool,
+
     /// Write the daemon's pid to this file (with `-daemon`: before the command returns).
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,

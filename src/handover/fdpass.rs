@@ -12,7 +12,7 @@ pub const BATCH: usize = 200;
 /// Sends `fds` in batches of at most [`BATCH`], each with one marker byte.
 pub fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     for chunk in fds.chunks(BATCH) {
-        send_batch(sock, chunk)?;
+        send_with_fds(sock.as_raw_fd(), b"F", chunk)?;
     }
     Ok(())
 }
@@ -44,11 +44,13 @@ fn cmsg_space(n: usize) -> usize {
     unsafe { libc::CMSG_SPACE((n * mem::size_of::<RawFd>()) as u32) as usize }
 }
 
-fn send_batch(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    let mut byte = [b'F'];
+/// Sends `payload` with `fds` attached (SCM_RIGHTS) on the connected socket `sock`, in one
+/// `sendmsg` (at most [`BATCH`] fds).
+pub fn send_with_fds(sock: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    assert!(fds.len() <= BATCH && !payload.is_empty());
     let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
     };
     let mut control = vec![0u8; cmsg_space(fds.len())];
     // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
@@ -71,8 +73,8 @@ fn send_batch(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     }
     loop {
         // SAFETY: msg is fully initialised and points at live buffers.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n == 1 {
+        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 && n as usize == payload.len() {
             return Ok(());
         }
         let e = io::Error::last_os_error();

@@ -79,6 +79,9 @@ pub struct Connection {
     pub bytes_out: u64,
     /// The access policy lets this peer send NAMES.
     pub may_list: bool,
+    /// The fd name this connection has in a saved state (kept across hand-overs and
+    /// restarts, so the fd store's name stays valid); `None` means the default name.
+    pub store_name: Option<String>,
     /// The access policy lets this peer send PORT_PLEASE2.
     pub may_lookup: bool,
     /// Bytes of a request that came in more than one read.
@@ -129,6 +132,7 @@ impl Connection {
             bytes_in: 0,
             bytes_out: 0,
             may_list: true,
+            store_name: None,
             may_lookup: true,
             rx: Vec::new(),
             tx: Output::Owned(Vec::new()),

@@ -55,7 +55,7 @@ impl Server {
                 Phase::Registered => PhaseState::Registered,
             };
             connections.push(ConnState {
-                fd: conn_name(*token),
+                fd: c.store_name.clone().unwrap_or_else(|| conn_name(*token)),
                 phase,
                 rx_hex: to_hex(c.pending_rx()),
                 tx_hex: to_hex(c.pending_tx()),
@@ -179,6 +179,7 @@ impl Server {
             if phase == Phase::Registered {
                 conn.deadline = None;
             }
+            conn.store_name = Some(c.fd.clone());
             conn.bytes_in = c.bytes_in;
             conn.bytes_out = c.bytes_out;
             conn.may_list = server.config.names_policy.allows(peer, conn.local);
@@ -256,6 +257,14 @@ impl Server {
         Ok(server)
     }
 
+    /// The fd names of the connections restored from a saved state.
+    pub fn store_names(&self) -> std::collections::HashSet<String> {
+        self.conns
+            .values()
+            .filter_map(|c| c.store_name.clone())
+            .collect()
+    }
+
     /// Leaves the admin socket file in place when this process exits (its successor owns
     /// it now).
     pub fn disown_admin_socket(&mut self) {
@@ -265,7 +274,8 @@ impl Server {
     }
 }
 
-/// The fd name of the connection with `token`.
+/// The default fd name of the connection with `token` (unique across processes, since a
+/// restored connection keeps its name while tokens start again).
 pub fn conn_name(token: Token) -> String {
-    format!("conn-{}", token.0)
+    format!("conn-{}-{}", std::process::id(), token.0)
 }

@@ -9,6 +9,7 @@ pub mod admin;
 mod admin_views;
 pub mod connection;
 pub mod dispatch;
+pub mod fdstore;
 pub mod handover;
 pub mod listener;
 pub mod peer;
@@ -149,6 +150,7 @@ pub struct Server {
     /// A hand-over asked for by an admin client, acted on after the current events.
     handover_requested: Option<HandOverRequest>,
     ready_sent: bool,
+    fdstore: Option<fdstore::FdStore>,
 }
 
 impl Server {
@@ -196,6 +198,7 @@ impl Server {
             names_cache: None,
             handover_requested: None,
             ready_sent: false,
+            fdstore: None,
             poll,
             listeners: mio_listeners,
             conns: HashMap::new(),
@@ -316,6 +319,7 @@ impl Server {
             self.accept_paused_until,
             self.watchdog.map(|(_, next)| next),
             self.status_due,
+            self.fdstore.as_ref().and_then(|s| s.next_flush()),
         ]
         .into_iter()
         .flatten()
@@ -537,6 +541,7 @@ impl Server {
         ) {
             if let Some(reg) = self.registry.by_conn(conn_id(token)).cloned() {
                 self.emit("register", &reg);
+                self.fd_store_changed(Some(token));
             }
             self.stats.observe(self.conns.len(), self.registry.len());
         }
@@ -695,6 +700,7 @@ impl Server {
         if self.status_due.is_some_and(|t| t <= now) {
             self.send_status();
         }
+        self.flush_fd_store();
         if self.notifier.is_some()
             && self.status_due.is_none()
             && self.last_status_count != Some(self.registry.len())
@@ -746,9 +752,17 @@ impl Server {
         if let Some(t) = conn.timer.take() {
             self.timers.remove(&(t, token));
         }
+        let registered = conn.phase == Phase::Registered;
         if let Some(reg) = self.registry.unregister_conn(conn_id(token)) {
             info!("unregistering '{}'", reg.info.name);
             self.emit("unregister", &reg);
+        }
+        if self.fdstore.is_some() {
+            let name = conn
+                .store_name
+                .clone()
+                .unwrap_or_else(|| handover::conn_name(token));
+            self.fd_store_closed(token, &name, registered);
         }
         self.stats.bytes_in += conn.bytes_in;
         self.stats.bytes_out += conn.bytes_out;
