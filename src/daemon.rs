@@ -400,11 +400,15 @@ fn detach(pid_file: Option<&Path>) -> Result<bool, Error> {
     {
         daemonize::Outcome::Parent(Ok(_)) => {
             drop(write_end);
-            // One byte means the daemon is ready; EOF means it died first.
-            let mut byte = [0u8; 1];
+            // `R` means the daemon is ready; `E` and a message, or EOF, that it failed.
+            let mut answer = Vec::new();
             let mut reader = File::from(read_end);
-            match reader.read(&mut byte) {
-                Ok(1) => Ok(true),
+            let _ = reader.read_to_end(&mut answer);
+            match answer.split_first() {
+                Some((b'R', _)) => Ok(true),
+                Some((b'E', why)) => Err(io_err("the detached daemon did not start")(
+                    io::Error::other(String::from_utf8_lossy(why).into_owned()),
+                )),
                 _ => Err(io_err("the detached daemon did not start")(
                     io::Error::from(io::ErrorKind::UnexpectedEof),
                 )),
@@ -415,10 +419,14 @@ fn detach(pid_file: Option<&Path>) -> Result<bool, Error> {
         }
         daemonize::Outcome::Child(Ok(_)) => {
             drop(read_end);
-            if let Some(path) = pid_file {
-                write_pid_file(path)?;
-            }
             let mut writer = File::from(write_end);
+            if let Some(path) = pid_file {
+                if let Err(e) = write_pid_file(path) {
+                    // Tell the waiting parent why, since our stderr is /dev/null now.
+                    let _ = writer.write_all(format!("E{e}").as_bytes());
+                    return Err(e);
+                }
+            }
             let _ = writer.write_all(b"R");
             Ok(false)
         }

@@ -88,6 +88,18 @@ pub fn init(debug: u8, target: &LogTarget) -> io::Result<()> {
     Ok(())
 }
 
+/// Where `-daemon` logs when there is no syslog and no `--log-file`:
+/// `/var/log/epmd-rs.log` for root, `$TMPDIR/epmd-rs-UID.log` otherwise.
+pub fn fallback_log_file() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        PathBuf::from("/var/log/epmd-rs.log")
+    } else {
+        std::env::temp_dir().join(format!("epmd-rs-{uid}.log"))
+    }
+}
+
 /// Reopens the log file at its path (after logrotate moved it); a no-op for other targets.
 pub fn reopen() {
     let mut guard = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner());

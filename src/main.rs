@@ -37,9 +37,18 @@ fn main() -> ExitCode {
     match logging::init(config.debug, &target) {
         Ok(()) => {}
         Err(e) if target == logging::LogTarget::Syslog => {
-            // No syslog here (a container, say): still start, as erl needs an epmd.
-            let _ = logging::init(config.debug, &logging::LogTarget::Stderr);
-            log::info!("syslog unavailable ({e}): daemon logs are lost; use --log-file");
+            // No syslog here (a container, say): still start, as erl needs an epmd, and
+            // log to a file rather than to nowhere.
+            let fallback = logging::fallback_log_file();
+            match logging::init(config.debug, &logging::LogTarget::File(fallback.clone())) {
+                Ok(()) => log::info!(
+                    "syslog unavailable ({e}): logging to {}",
+                    fallback.display()
+                ),
+                Err(_) => {
+                    let _ = logging::init(config.debug, &logging::LogTarget::Stderr);
+                }
+            }
         }
         Err(e) => {
             eprintln!("epmd-rs: cannot open the log ({target:?}): {e}");

@@ -251,7 +251,8 @@ impl Config {
             seconds(&cli.packet_timeout)?.unwrap_or(Duration::from_secs(DEFAULT_PACKET_TIMEOUT));
         let relaxed_env = env("ERL_EPMD_RELAXED_COMMAND_CHECK").is_some();
         let admin_socket_source = match (&cli.admin_socket, env("EPMD_RS_ADMIN_SOCKET")) {
-            (Some(p), _) => Some((p.clone(), Source::Flag)),
+            (Some(p), _) if p.as_os_str() == "none" => Some((p.clone(), Source::Flag)),
+            (Some(p), _) => Some((absolute(p), Source::Flag)),
             (None, Some(p)) => Some((PathBuf::from(p), Source::Environment)),
             (None, None) => {
                 default_path(port as u16, running_as_root(), &env).map(|p| (p, Source::Default))
@@ -310,8 +311,9 @@ impl Config {
             admin_socket: admin_socket_source.as_ref().map(|(p, _)| p.clone()),
             admin_group: admin_group.as_ref().map(|(g, _)| g.clone()),
             report: Vec::new(),
-            pid_file: cli.pid_file.clone(),
-            log_file: cli.log_file.clone(),
+            // Absolute now: -daemon changes directory to / before it writes or reopens them.
+            pid_file: cli.pid_file.as_deref().map(absolute),
+            log_file: cli.log_file.as_deref().map(absolute),
             names_policy: policy("names-allow", &names_allow)?,
             port_please_policy: policy("port-please-allow", &port_please_allow)?,
             max_connections: max_connections.map(|(n, _)| n),
@@ -460,6 +462,11 @@ pub fn parse_address_list(list: &str) -> Result<Option<Vec<IpAddr>>, ConfigError
         out.push(ip);
     }
     Ok((!out.is_empty()).then_some(out))
+}
+
+/// `path` made absolute against the current directory (unchanged if that fails).
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// C's `atoi`: optional leading white space and sign, then digits up to the first other

@@ -72,7 +72,20 @@ pub fn run(port: u16, command: &ClientCommand) -> Outcome {
     }
     match command {
         ClientCommand::Names | ClientCommand::Dump | ClientCommand::Started => {
-            let reply = read_to_close(&mut stream);
+            // The C client reads the header with one read(fd, &i, 4): a shorter first
+            // chunk is "no response".
+            let mut header = [0u8; 4];
+            let got = loop {
+                match stream.read(&mut header) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other.unwrap_or(0),
+                }
+            };
+            if got < 4 {
+                return output::listing(command, &header[..got]);
+            }
+            let mut reply = header.to_vec();
+            reply.extend(read_to_close(&mut stream));
             output::listing(command, &reply)
         }
         ClientCommand::Kill => output::kill(read_fill(&mut stream, 2)),

@@ -18,3 +18,24 @@ mod lifecycle;
 
 // The packet deadline, many registrations, and -delay_write not blocking others (spec §6).
 mod limits;
+
+// Our epmd client against the C client, byte for byte, on every row of spec §8.
+mod client_compat;
+
+// `epmd-rs admin` over the admin Unix socket: every view, permissions, stale and live sockets.
+mod admin;
+
+// `epmd-rs query` against our daemon and the C epmd; garbage, silence and refusal.
+mod query;
+
+// Helpers of the three modules below: signals, commands with a deadline, a NOTIFY_SOCKET.
+mod sysd_support;
+
+// Socket activation (systemd-socket-activate), sd_notify, and the units (systemd-analyze).
+mod systemd;
+
+// -daemon: returns once serving, pid file, a second -daemon, log file and SIGHUP.
+mod daemonize;
+
+// make install/uninstall into a DESTDIR, and install-as-epmd with a real erl.
+mod install;
