@@ -146,7 +146,6 @@ pub fn run(
                 match outcome {
                     Ok(pid) => {
                         info!("handed over to pid {pid}");
-                        server.release_fd_store_state();
                         server.answer_admin(
                             request.requester,
                             &serde_json::json!({ "ok": true, "pid": pid }),
@@ -301,7 +300,7 @@ fn restored_server(
     }
     state.connections.retain(|c| fds.contains_key(&c.fd));
     let before: Vec<String> = state.connections.iter().map(|c| c.fd.clone()).collect();
-    let server = Server::from_state(state, fds, config)
+    let server = Server::from_state(state, fds, config, false)
         .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
     let kept = server.store_names();
     restore

@@ -15,7 +15,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The longest request line the daemon accepts.
-pub const MAX_REQUEST_LINE: usize = 64;
+pub const MAX_REQUEST_LINE: usize = 4096 + 16;
 
 /// A view the admin client can ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -34,6 +34,10 @@ pub struct State {
     pub listeners: Vec<String>,
     /// The admin socket's fd name and path, if there is one.
     pub admin: Option<AdminState>,
+    /// The fd name of systemd's fd-store state memfd, passed along so that the successor
+    /// keeps using the stored one.
+    #[serde(default)]
+    pub fd_store: Option<String>,
     /// Open epmd connections.
     pub connections: Vec<ConnState>,
     /// Live registrations, oldest first.
@@ -207,6 +211,7 @@ impl State {
     pub fn fd_names(&self) -> Vec<String> {
         let mut names = self.listeners.clone();
         names.extend(self.admin.iter().map(|a| a.fd.clone()));
+        names.extend(self.fd_store.iter().cloned());
         names.extend(self.connections.iter().map(|c| c.fd.clone()));
         names
     }
@@ -239,6 +244,7 @@ mod tests {
             writer_pid: 1,
             listeners: vec!["listen-0".into()],
             admin: None,
+            fd_store: None,
             connections: vec![ConnState {
                 fd: "conn-70".into(),
                 phase: PhaseState::Registered,

@@ -204,7 +204,7 @@ pub unsafe fn receive(
     let names = state.fd_names();
     let fds = recv_fds(&sock, names.len()).map_err(io("receiving the sockets"))?;
     let by_name: HashMap<String, _> = names.into_iter().zip(fds).collect();
-    let server = match Server::from_state(state, by_name, config) {
+    let server = match Server::from_state(state, by_name, config, true) {
         Ok(s) => s,
         Err(e) => return refuse(&sock, ReceiveError::State(e)),
     };

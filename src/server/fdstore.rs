@@ -38,6 +38,11 @@ pub struct FdStore {
 }
 
 impl FdStore {
+    /// The memfd's fd (passed along in a hand-over).
+    pub fn memfd_fd(&self) -> std::os::fd::RawFd {
+        self.memfd.as_raw_fd()
+    }
+
     /// When the next rewrite is due, if one is.
     pub fn next_flush(&self) -> Option<Instant> {
         self.next_flush
@@ -63,6 +68,7 @@ impl Server {
         let Some(notifier) = &self.notifier else {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no NOTIFY_SOCKET"));
         };
+        let memfd = memfd.or_else(|| self.inherited_memfd.take());
         let reuse = memfd.is_some();
         let memfd = match memfd {
             Some(f) => f,
@@ -91,14 +97,6 @@ impl Server {
         });
         self.flush_fd_store();
         Ok(())
-    }
-
-    /// Gives up the state memfd's place in the store (after a hand-over, the successor
-    /// stores its own).
-    pub fn release_fd_store_state(&self) {
-        if self.fdstore.is_some() {
-            self.notify(&format!("FDSTOREREMOVE=1\nFDNAME={STATE_NAME}"));
-        }
     }
 
     /// Removes a fd name from the store (a connection that is gone).
@@ -149,6 +147,7 @@ impl Server {
         // only registration connections are kept.
         state.listeners.clear();
         state.admin = None;
+        state.fd_store = None;
         state
             .connections
             .retain(|c| c.phase == crate::handover::state::PhaseState::Registered);

@@ -39,6 +39,12 @@ impl Server {
                 path: a.path.display().to_string(),
             }
         });
+        // The order of `fds` must be that of `State::fd_names`: listeners, admin, the
+        // fd-store memfd, connections.
+        let fd_store = self.fdstore.as_ref().map(|s| {
+            fds.push(s.memfd_fd());
+            super::fdstore::STATE_NAME.to_owned()
+        });
         let mut tokens: Vec<&Token> = self.conns.keys().collect();
         tokens.sort();
         let mut connections = Vec::with_capacity(tokens.len());
@@ -70,7 +76,13 @@ impl Server {
             .registry
             .oldest_first()
             .map(|r| RegState {
-                conn: conn_name(Token(r.conn.0 as usize)),
+                conn: {
+                    let token = Token(r.conn.0 as usize);
+                    self.conns
+                        .get(&token)
+                        .and_then(|c| c.store_name.clone())
+                        .unwrap_or_else(|| conn_name(token))
+                },
                 name: r.info.name.as_str().to_owned(),
                 port: r.info.port,
                 node_type: r.info.node_type.to_byte(),
@@ -111,6 +123,7 @@ impl Server {
         let state = State {
             format: FORMAT.to_owned(),
             version: VERSION,
+            fd_store,
             writer_pid: std::process::id(),
             listeners,
             admin,
@@ -126,10 +139,14 @@ impl Server {
     /// Rebuilds a server from `state` and the fds passed with it (by name). Connections
     /// whose peer is already gone are dropped with their registrations; the successor's
     /// poll reports every connection that became readable meanwhile.
+    ///
+    /// `handover` is true for a live hand-over (counted in `handovers`), false for a
+    /// restart from systemd's fd store.
     pub fn from_state(
         state: State,
         mut fds: HashMap<String, OwnedFd>,
         config: ServerConfig,
+        handover: bool,
     ) -> Result<Server, StateError> {
         let mut take = |name: &str| {
             fds.remove(name)
@@ -144,6 +161,10 @@ impl Server {
                 std::os::unix::net::UnixListener::from(take(&a.fd)?),
                 PathBuf::from(&a.path),
             )),
+            None => None,
+        };
+        let inherited_memfd = match &state.fd_store {
+            Some(name) => Some(std::fs::File::from(take(name)?)),
             None => None,
         };
         let mut streams = Vec::with_capacity(state.connections.len());
@@ -239,7 +260,8 @@ impl Server {
             state.stats.counters.iter().map(|(k, v)| (k.as_str(), *v)),
             state.stats.requests.iter().map(|(k, v)| (k.as_str(), *v)),
         );
-        server.stats.handovers = state.stats.handovers + 1;
+        server.stats.handovers = state.stats.handovers + u64::from(handover);
+        server.inherited_memfd = inherited_memfd;
         server.started = now
             .checked_sub(Duration::from_secs(state.uptime_secs))
             .unwrap_or(now);

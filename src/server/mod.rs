@@ -151,6 +151,8 @@ pub struct Server {
     handover_requested: Option<HandOverRequest>,
     ready_sent: bool,
     fdstore: Option<fdstore::FdStore>,
+    /// The fd-store memfd received in a hand-over, until the fd store is enabled.
+    inherited_memfd: Option<std::fs::File>,
 }
 
 impl Server {
@@ -199,6 +201,7 @@ impl Server {
             handover_requested: None,
             ready_sent: false,
             fdstore: None,
+            inherited_memfd: None,
             poll,
             listeners: mio_listeners,
             conns: HashMap::new(),
@@ -337,10 +340,12 @@ impl Server {
                 }
                 signal_hook::consts::SIGUSR2 => {
                     info!("SIGUSR2: handing over to a new process");
-                    return Some(Shutdown::HandOver(HandOverRequest {
+                    // Acted on after this batch of events, so none of them is lost if the
+                    // hand-over fails.
+                    self.handover_requested = Some(HandOverRequest {
                         binary: None,
                         requester: None,
-                    }));
+                    });
                 }
                 other => {
                     info!("signal {other}: shutting down");
