@@ -8,7 +8,7 @@ PORT ?= 4369
 DEB_PACKAGES := erlang-base systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test deps bench lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd
+.PHONY: run build test deps bench fuzz lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd
 
 # Installation layout (make install PREFIX=/usr DESTDIR=/tmp/stage).
 PREFIX ?= /usr/local
@@ -50,6 +50,19 @@ deps:
 # Side-by-side benchmark against the C epmd and a ceiling server (see docs/PERFORMANCE.md).
 bench: deps
 	$(CARGO) bench --locked --bench side_by_side
+
+# Fuzz each target for FUZZ_SECONDS (nightly + cargo-fuzz). New inputs go to
+# fuzz/work-corpus/ (ignored); the committed seeds in fuzz/corpus/ are only read.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := decode_frame decode_request roundtrip session state
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/work-corpus/$$t && \
+		$(CARGO) +nightly fuzz run $$t fuzz/work-corpus/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 # Formatting and lints, as CI checks them.
 lint: fmt clippy

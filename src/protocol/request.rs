@@ -86,6 +86,7 @@ impl Request {
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
         match self {
             Request::Alive2(a) => {
+                let start = out.len();
                 out.push(ALIVE2_REQ);
                 out.extend_from_slice(&a.port.to_be_bytes());
                 out.push(a.node_type.to_byte());
@@ -94,6 +95,11 @@ impl Request {
                 out.extend_from_slice(&a.lowest_version.to_be_bytes());
                 push_len_prefixed(out, &a.name);
                 push_len_prefixed(out, &a.extra);
+                if out.len() - start <= 13 {
+                    // An empty name with no extra is 13 bytes, which epmd refuses as too
+                    // short; one ignored trailing byte makes it decodable.
+                    out.push(0);
+                }
             }
             Request::PortPlease2(name) => {
                 out.push(PORT_PLEASE2_REQ);

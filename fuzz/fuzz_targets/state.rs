@@ -1,0 +1,3 @@
+#![no_main]
+// Body and oracle: epmd_rs::fuzzing::state_decode_body (src/fuzzing.rs).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| epmd_rs::fuzzing::state_decode_body(data));
