@@ -4,8 +4,9 @@
 CARGO ?= cargo
 PORT ?= 4369
 # Debian packages the tests need: real Erlang nodes and the C epmd (erlang-base),
-# systemd-socket-activate and systemd-analyze (systemd).
-DEB_PACKAGES := erlang-base systemd
+# systemd-socket-activate and systemd-analyze (systemd), network namespaces (iproute2),
+# and man for rendering the generated man page (man-db).
+DEB_PACKAGES := erlang-base systemd iproute2 man-db
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run build test deps bench fuzz lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd
@@ -40,9 +41,10 @@ build:
 test: deps
 	$(CARGO) test --locked --all-targets
 
-# Install the Debian packages the tests use, if erl or systemd-socket-activate is missing.
+# Install the Debian packages the tests use, if any of their commands is missing.
 deps:
-	@if ! command -v erl >/dev/null || ! command -v systemd-socket-activate >/dev/null; then \
+	@if ! command -v erl >/dev/null || ! command -v systemd-socket-activate >/dev/null \
+		|| ! command -v ip >/dev/null || ! command -v man >/dev/null; then \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEB_PACKAGES); \
 	fi
