@@ -39,3 +39,21 @@ mod daemonize;
 
 // make install/uninstall into a DESTDIR, and install-as-epmd with a real erl.
 mod install;
+
+// Live hand-over (SIGUSR2, `admin upgrade`) under load, 20 in a row, and failed ones.
+mod handover;
+
+// A test service manager speaking sd_notify (FDSTORE) and LISTEN_FDS, for `fdstore`.
+mod supervisor;
+
+// Registrations kept in the fd store across kill -9, STOP/close removal, hand-over + crash.
+mod fdstore;
+
+// Hostile input: a table of 40+ malformed and abusive requests, outcomes and counters.
+mod hostile;
+
+// Resource exhaustion (fds, connection caps, slowloris, stalled readers, storms) and signals.
+mod exhaustion;
+
+// The non-local path from a peer in a network namespace: locality, policies, local reserve.
+mod netns;
