@@ -25,3 +25,5 @@ pub mod query;
 pub mod registry;
 pub mod server;
 pub mod systemd;
+#[cfg(test)]
+mod test_env;

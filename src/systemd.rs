@@ -168,13 +168,7 @@ pub fn watchdog_interval(pid: u32, env: impl Fn(&str) -> Option<OsString>) -> Op
 mod tests {
     use super::*;
 
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| OsString::from(v))
-        }
-    }
+    use crate::test_env::fake_env as env;
 
     #[test]
     fn watchdog_interval_is_half_the_timeout() {

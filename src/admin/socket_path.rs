@@ -41,13 +41,7 @@ pub fn running_as_root() -> bool {
 mod tests {
     use super::*;
 
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| OsString::from(v))
-        }
-    }
+    use crate::test_env::fake_env as env;
 
     #[test]
     fn defaults() {
