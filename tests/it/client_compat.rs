@@ -325,11 +325,12 @@ impl CEpmd {
             if let Ok(Some(status)) = epmd.child.try_wait() {
                 return Some(Err(status));
             }
-            let owns = procnet::listen_addrs_of(pid)
-                .iter()
-                .any(|a| a.port() == port);
-            (owns && TcpStream::connect_timeout(&loopback, POLL_INTERVAL * 10).is_ok())
-                .then_some(Ok(()))
+            // Connect first (cheap); the /proc scan runs only once something answers.
+            (TcpStream::connect_timeout(&loopback, POLL_INTERVAL * 10).is_ok()
+                && procnet::listen_addrs_of(pid)
+                    .iter()
+                    .any(|a| a.port() == port))
+            .then_some(Ok(()))
         });
         match ready {
             Some(Ok(())) => Ok(epmd),

@@ -270,11 +270,12 @@ impl LowFdDaemon {
                     return Some(Err(status));
                 }
                 let pid = daemon.child.id();
-                let listening = procnet::listen_addrs_of(pid)
-                    .iter()
-                    .any(|a| a.port() == port);
-                (listening && TcpStream::connect_timeout(&loopback(port), IO_TIMEOUT).is_ok())
-                    .then_some(Ok(()))
+                // Connect first (cheap); the /proc scan runs only once something answers.
+                (TcpStream::connect_timeout(&loopback(port), IO_TIMEOUT).is_ok()
+                    && procnet::listen_addrs_of(pid)
+                        .iter()
+                        .any(|a| a.port() == port))
+                .then_some(Ok(()))
             });
             match ready {
                 Some(Ok(())) => return daemon,

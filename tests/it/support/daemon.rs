@@ -27,7 +27,7 @@ use super::wait::{poll_true, poll_until, POLL_INTERVAL};
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_epmd-rs");
 
 /// How long [`DaemonBuilder::start`] waits for the daemon to accept connections.
-pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many fresh ports [`DaemonBuilder::start`] tries when the daemon finds its port taken.
 const PORT_ATTEMPTS: usize = 5;
@@ -308,8 +308,12 @@ impl Daemon {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(NotReady::Exited(status));
             }
-            let owns_port = self.listen_addrs().iter().any(|a| a.port() == self.port);
-            if owns_port && TcpStream::connect_timeout(&loopback, POLL_INTERVAL * 10).is_ok() {
+            // Connect first: it is cheap, while the /proc scan that proves the listener is
+            // this child's reads every TCP socket of the host (thousands while other tests
+            // hold connections), so it runs only once something answers.
+            if TcpStream::connect_timeout(&loopback, POLL_INTERVAL * 10).is_ok()
+                && self.listen_addrs().iter().any(|a| a.port() == self.port)
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
