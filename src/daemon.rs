@@ -57,14 +57,19 @@ pub fn run(
             1024
         }
     };
-    let mut caps = Caps::for_fd_limit(fd_limit);
-    if let Some(n) = config.max_connections {
-        caps.max_connections = n;
-        caps.local_reserve = caps.local_reserve.min(n / 2);
-    }
-    if let Some(n) = config.max_connections_per_source {
-        caps.max_per_source = n;
-    }
+    let caps_for = |fds_in_use: usize| {
+        let mut caps = Caps::for_fd_limit(fd_limit, fds_in_use);
+        if let Some(n) = config.max_connections {
+            caps.max_connections = n;
+            caps.local_reserve = caps.local_reserve.min(n / 2);
+        }
+        if let Some(n) = config.max_connections_per_source {
+            caps.max_per_source = n;
+        }
+        caps
+    };
+    // A first estimate; fitted to the fds actually open once everything is set up.
+    let caps = caps_for(16);
     let server_config = |activated: bool| ServerConfig {
         dispatch: DispatchConfig {
             header_port: config.header_port(),
@@ -123,6 +128,14 @@ pub fn run(
             Err(e) => warn!("cannot use systemd's fd store: {e}"),
         }
     }
+    let caps = caps_for(open_fds().saturating_sub(server.connection_count()));
+    info!(
+        "at most {} connections, {} of them registrations",
+        caps.max_connections,
+        caps.max_connections
+            .saturating_sub(crate::server::SHORT_REQUEST_RESERVE)
+    );
+    server.set_caps(caps);
     loop {
         let shutdown = server.run().map_err(|source| Error::Io {
             context: "event loop failed",
@@ -437,6 +450,11 @@ fn write_pid_file(path: &Path) -> Result<(), Error> {
         context: "cannot write the pid file",
         source,
     })
+}
+
+/// How many fds this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(16, |d| d.count())
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, so the daemon has no 1024-connection

@@ -475,6 +475,12 @@ impl Setup {
     pub fn limits(&self) -> Limits {
         Limits {
             old_list_threshold: THRESHOLDS[usize::from(self.threshold & 7)],
+            // Bit 3 turns on a small registration cap, so that the "full" path is fuzzed.
+            max_registrations: if self.threshold & 8 != 0 {
+                4
+            } else {
+                usize::MAX
+            },
         }
     }
 }
@@ -1111,7 +1117,7 @@ impl Session {
             Event::Dump => c.dumps += 1,
             Event::KillRefused => c.kills_refused += 1,
             Event::Stopped(stopped) => c.stops += usize::from(*stopped),
-            Event::NotLocal => c.refused += 1,
+            Event::NotLocal | Event::Full => c.refused += 1,
             Event::Names | Event::Killed | Event::StopIgnored => {}
         }
     }

@@ -8,6 +8,11 @@ pub struct Limits {
     /// `DEBUG_MAX_UNREG_COUNT`). The list only shrinks by one per new name, so it is not a
     /// hard cap: it is bounded by the peak number of registrations plus this threshold.
     pub old_list_threshold: usize,
+    /// The most live registrations. Each holds an open connection, so the server sets it
+    /// a few connections below its connection cap: lookups and NAMES are still answered
+    /// when registrations have taken everything else. The C epmd has no such bound (its
+    /// ~1019 select() slots are shared by everything).
+    pub max_registrations: usize,
 }
 
 impl Limits {
@@ -24,6 +29,7 @@ impl Limits {
             } else {
                 Self::OLD_LIST_THRESHOLD
             },
+            max_registrations: usize::MAX,
         }
     }
 }

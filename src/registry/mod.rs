@@ -57,6 +57,8 @@ pub enum RegisterError {
     },
     /// The connection already owns a registration.
     ConnectionBusy,
+    /// [`Limits::max_registrations`] are registered already.
+    Full,
 }
 
 impl fmt::Display for RegisterError {
@@ -64,6 +66,7 @@ impl fmt::Display for RegisterError {
         match self {
             RegisterError::Duplicate { .. } => f.write_str("node name already occupied"),
             RegisterError::ConnectionBusy => f.write_str("connection already registered a node"),
+            RegisterError::Full => f.write_str("too many registrations"),
         }
     }
 }
@@ -119,6 +122,11 @@ impl Registry {
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Changes the registration cap (existing registrations above it stay).
+    pub fn set_max_registrations(&mut self, max: usize) {
+        self.limits.max_registrations = max;
     }
 
     /// Rebuilds a registry from saved registrations and old slots, both oldest first (the
@@ -181,6 +189,9 @@ impl Registry {
         }
         if self.live_by_conn.contains_key(&conn) {
             return Err(RegisterError::ConnectionBusy);
+        }
+        if self.live.len() >= self.limits.max_registrations {
+            return Err(RegisterError::Full);
         }
         let creation = if let Some(seq) = self.old_by_name.remove(&info.name) {
             let slot = self

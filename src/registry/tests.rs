@@ -49,6 +49,21 @@ fn one_registration_per_connection() {
 }
 
 #[test]
+fn registrations_stop_at_the_cap() {
+    let mut r = Registry::default();
+    r.set_max_registrations(2);
+    r.register(ConnId(1), 7, info("a", 1), T0).unwrap();
+    r.register(ConnId(2), 7, info("b", 1), T0).unwrap();
+    assert_eq!(
+        r.register(ConnId(3), 7, info("c", 1), T0),
+        Err(RegisterError::Full)
+    );
+    r.unregister_conn(ConnId(1));
+    r.register(ConnId(3), 7, info("c", 1), T0).unwrap();
+    r.assert_invariants();
+}
+
+#[test]
 fn unregister_by_connection_moves_to_old_list() {
     let mut r = Registry::default();
     r.register(ConnId(1), 7, info("a", 1), T0).unwrap();

@@ -196,7 +196,7 @@ impl Server {
                     extra_hex: r.info.extra.iter().map(|b| format!("{b:02x}")).collect(),
                     peer: conn.map(|c| c.peer.to_string()).unwrap_or_default(),
                     local: conn
-                        .and_then(|c| c.local_addr)
+                        .and_then(|c| c.local_addr())
                         .map(|a| a.to_string())
                         .unwrap_or_default(),
                     registered_at: r.registered_at,

@@ -55,35 +55,44 @@ pub enum ReadOutcome {
 }
 
 /// An accepted connection.
+///
+/// Kept small, since a registration connection lives as long as its node: request and
+/// reply buffers sit in a box that exists only while a request or reply is in flight, and
+/// the local address is asked of the socket when needed rather than stored.
 #[derive(Debug)]
 pub struct Connection {
     /// The socket.
     pub stream: TcpStream,
-    /// Whether the peer is local (spec §5), decided at accept time.
-    pub local: bool,
     /// The phase.
     pub phase: Phase,
     /// The key of this connection's entry in the server's timer set, if it has one.
     pub timer: Option<Instant>,
     /// The request deadline (accept time + packet timeout); `None` once registered.
     pub deadline: Option<Instant>,
-    /// The interest currently registered with the poll.
-    pub interest: Interest,
     /// The peer's address.
     pub peer: SocketAddr,
-    /// The local address the connection arrived on.
-    pub local_addr: Option<SocketAddr>,
     /// Bytes read so far.
     pub bytes_in: u64,
     /// Bytes written so far.
     pub bytes_out: u64,
-    /// The access policy lets this peer send NAMES.
-    pub may_list: bool,
     /// The fd name this connection has in a saved state (kept across hand-overs and
     /// restarts, so the fd store's name stays valid); `None` means the default name.
-    pub store_name: Option<String>,
+    pub store_name: Option<Box<str>>,
+    /// Buffers of a request or reply in flight.
+    io: Option<Box<Buffers>>,
+    /// The interest currently registered with the poll.
+    pub interest: Interest,
+    /// Whether the peer is local (spec §5), decided at accept time.
+    pub local: bool,
+    /// The access policy lets this peer send NAMES.
+    pub may_list: bool,
     /// The access policy lets this peer send PORT_PLEASE2.
     pub may_lookup: bool,
+}
+
+/// A connection's request and reply buffers.
+#[derive(Debug, Default)]
+struct Buffers {
     /// Bytes of a request that came in more than one read.
     rx: Vec<u8>,
     /// Reply bytes not yet written.
@@ -101,6 +110,12 @@ pub enum Output {
     Shared(Rc<Vec<u8>>),
 }
 
+impl Default for Output {
+    fn default() -> Self {
+        Output::Owned(Vec::new())
+    }
+}
+
 impl Output {
     fn bytes(&self) -> &[u8] {
         match self {
@@ -111,64 +126,76 @@ impl Output {
 }
 
 impl Connection {
-    /// A new connection in `phase`, with its request deadline.
+    /// A new connection in `phase`, with its request deadline; `local` is the peer's
+    /// locality (spec §5).
     pub fn new(
         stream: TcpStream,
         peer: SocketAddr,
-        local_addr: Option<SocketAddr>,
+        local: bool,
         phase: Phase,
         deadline: Instant,
     ) -> Connection {
-        let local = local_addr.is_some_and(|l| super::peer::is_local(peer, l));
         Connection {
             stream,
-            local,
             phase,
             timer: None,
             deadline: Some(deadline),
-            interest: Interest::READABLE,
             peer,
-            local_addr,
             bytes_in: 0,
             bytes_out: 0,
-            may_list: true,
             store_name: None,
+            io: None,
+            interest: Interest::READABLE,
+            local,
+            may_list: true,
             may_lookup: true,
-            rx: Vec::new(),
-            tx: Output::Owned(Vec::new()),
-            tx_pos: 0,
         }
+    }
+
+    /// The local address the connection arrived on (asked of the socket).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.stream.local_addr().ok()
+    }
+
+    fn buffers(&mut self) -> &mut Buffers {
+        self.io.get_or_insert_with(Box::default)
+    }
+
+    fn rx(&self) -> &[u8] {
+        self.io.as_ref().map_or(&[], |b| &b.rx)
     }
 
     /// Reads what the C epmd would read (see [`read_limit`]) until the request is complete,
     /// the socket would block, or the connection must close.
     pub fn read_request(&mut self, scratch: &mut [u8]) -> ReadOutcome {
         loop {
-            let limit = read_limit(&self.rx).min(scratch.len());
+            let limit = read_limit(self.rx()).min(scratch.len());
             if limit == 0 {
                 // Only reachable if the buffer already holds an invalid or complete frame.
-                return self.decode_buffered();
+                return decode(self.rx());
             }
             match self.stream.read(&mut scratch[..limit]) {
                 Ok(0) => return ReadOutcome::Close(CloseReason::PeerClosed),
                 Ok(n) => {
                     self.bytes_in += n as u64;
                     let got = &scratch[..n];
-                    let outcome = if self.rx.is_empty() {
+                    let outcome = if self.rx().is_empty() {
                         // The common case: the whole request in one read, decoded in place.
                         decode(got)
                     } else {
-                        self.rx.extend_from_slice(got);
-                        self.decode_buffered()
+                        self.buffers().rx.extend_from_slice(got);
+                        decode(self.rx())
                     };
                     match outcome {
                         ReadOutcome::Pending => {
-                            if self.rx.is_empty() {
-                                self.rx.extend_from_slice(got);
+                            if self.rx().is_empty() {
+                                self.buffers().rx.extend_from_slice(got);
                             }
                         }
                         done => {
-                            self.rx = Vec::new();
+                            if let Some(b) = self.io.as_mut() {
+                                b.rx = Vec::new();
+                            }
                             return done;
                         }
                     }
@@ -178,10 +205,6 @@ impl Connection {
                 Err(_) => return ReadOutcome::Close(CloseReason::IoError),
             }
         }
-    }
-
-    fn decode_buffered(&mut self) -> ReadOutcome {
-        decode(&self.rx)
     }
 
     /// Checks a registration connection: true when the peer has closed, reset or sent data,
@@ -216,39 +239,47 @@ impl Connection {
 
     /// Bytes of a request received so far (for a hand-over).
     pub fn pending_rx(&self) -> &[u8] {
-        &self.rx
+        self.rx()
     }
 
     /// Reply bytes not yet written (for a hand-over).
     pub fn pending_tx(&self) -> &[u8] {
-        &self.tx.bytes()[self.tx_pos..]
+        self.io.as_ref().map_or(&[], |b| &b.tx.bytes()[b.tx_pos..])
     }
 
     /// Puts back the buffers of a connection taken over from another process.
     pub fn restore_buffers(&mut self, rx: Vec<u8>, tx: Vec<u8>) {
-        self.rx = rx;
-        self.tx = Output::Owned(tx);
-        self.tx_pos = 0;
+        self.io = (!rx.is_empty() || !tx.is_empty()).then(|| {
+            Box::new(Buffers {
+                rx,
+                tx: Output::Owned(tx),
+                tx_pos: 0,
+            })
+        });
     }
 
     /// Queues `reply` to be written.
     pub fn queue(&mut self, reply: Output) {
-        self.tx = reply;
-        self.tx_pos = 0;
+        let b = self.buffers();
+        b.tx = reply;
+        b.tx_pos = 0;
     }
 
     /// True while reply bytes wait to be written.
     pub fn has_pending_output(&self) -> bool {
-        self.tx_pos < self.tx.bytes().len()
+        !self.pending_tx().is_empty()
     }
 
     /// Writes queued bytes until done (`Ok(true)`) or the socket would block (`Ok(false)`).
     pub fn flush(&mut self) -> io::Result<bool> {
-        while self.tx_pos < self.tx.bytes().len() {
-            match self.stream.write(&self.tx.bytes()[self.tx_pos..]) {
+        let Some(b) = self.io.as_mut() else {
+            return Ok(true);
+        };
+        while b.tx_pos < b.tx.bytes().len() {
+            match self.stream.write(&b.tx.bytes()[b.tx_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.tx_pos += n;
+                    b.tx_pos += n;
                     self.bytes_out += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -256,8 +287,12 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        self.tx = Output::Owned(Vec::new());
-        self.tx_pos = 0;
+        if b.rx.is_empty() {
+            self.io = None;
+        } else {
+            b.tx = Output::default();
+            b.tx_pos = 0;
+        }
         Ok(true)
     }
 

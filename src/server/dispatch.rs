@@ -53,6 +53,9 @@ pub enum Event {
     },
     /// ALIVE2 refused: the name is taken by a live connection.
     Duplicate,
+    /// ALIVE2 refused: the registration cap is reached; closed without a reply, so that
+    /// the node reports `epmd_close` rather than a misleading duplicate name.
+    Full,
     /// ALIVE2 refused: the name or extra broke the rules.
     BadName(NameError),
     /// A registration whose connection was already closed by its peer was dropped to make
@@ -156,6 +159,9 @@ pub fn handle(
                                 Ok(cr) => (Ok(cr), Event::ReplacedDeadOwner { creation: cr }),
                                 Err(_) => (Err(()), Event::Duplicate),
                             }
+                        }
+                        Err(RegisterError::Full) => {
+                            return Action::close_silently(Event::Full);
                         }
                         Err(_) => (Err(()), Event::Duplicate),
                     }

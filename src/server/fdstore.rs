@@ -88,6 +88,7 @@ impl Server {
             })
             .map(|(t, _)| *t)
             .collect();
+        self.shared_fds = true;
         self.fdstore = Some(FdStore {
             memfd,
             pending,
@@ -174,7 +175,10 @@ impl Server {
             if conn.phase != Phase::Registered {
                 continue;
             }
-            let name = conn.store_name.clone().unwrap_or_else(|| conn_name(token));
+            let name = conn
+                .store_name
+                .as_deref()
+                .map_or_else(|| conn_name(token), str::to_owned);
             if let Some(n) = &self.notifier {
                 if let Err(e) = n.notify_with_fds(
                     &format!("FDSTORE=1\nFDNAME={name}"),

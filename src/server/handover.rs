@@ -61,7 +61,10 @@ impl Server {
                 Phase::Registered => PhaseState::Registered,
             };
             connections.push(ConnState {
-                fd: c.store_name.clone().unwrap_or_else(|| conn_name(*token)),
+                fd: c
+                    .store_name
+                    .as_deref()
+                    .map_or_else(|| conn_name(*token), str::to_owned),
                 phase,
                 rx_hex: to_hex(c.pending_rx()),
                 tx_hex: to_hex(c.pending_tx()),
@@ -80,7 +83,7 @@ impl Server {
                     let token = Token(r.conn.0 as usize);
                     self.conns
                         .get(&token)
-                        .and_then(|c| c.store_name.clone())
+                        .and_then(|c| c.store_name.as_deref().map(str::to_owned))
                         .unwrap_or_else(|| conn_name(token))
                 },
                 name: r.info.name.as_str().to_owned(),
@@ -180,7 +183,9 @@ impl Server {
             let (Ok(peer), Ok(())) = (stream.peer_addr(), stream.set_nonblocking(true)) else {
                 continue; // the peer is gone: the connection (and its registration) ends
             };
-            let local_addr = stream.local_addr().ok();
+            let local = stream
+                .local_addr()
+                .is_ok_and(|l| super::peer::is_local(peer, l));
             let token = server.tokens.allocate();
             let phase = match c.phase {
                 PhaseState::Reading => Phase::Reading,
@@ -193,14 +198,14 @@ impl Server {
             let mut conn = Connection::new(
                 mio::net::TcpStream::from_std(stream),
                 peer,
-                local_addr,
+                local,
                 phase,
                 deadline,
             );
             if phase == Phase::Registered {
                 conn.deadline = None;
             }
-            conn.store_name = Some(c.fd.clone());
+            conn.store_name = Some(c.fd.as_str().into());
             conn.bytes_in = c.bytes_in;
             conn.bytes_out = c.bytes_out;
             conn.may_list = server.config.names_policy.allows(peer, conn.local);
@@ -262,6 +267,7 @@ impl Server {
         );
         server.stats.handovers = state.stats.handovers + u64::from(handover);
         server.inherited_memfd = inherited_memfd;
+        server.shared_fds = true;
         server.started = now
             .checked_sub(Duration::from_secs(state.uptime_secs))
             .unwrap_or(now);
@@ -283,7 +289,7 @@ impl Server {
     pub fn store_names(&self) -> std::collections::HashSet<String> {
         self.conns
             .values()
-            .filter_map(|c| c.store_name.clone())
+            .filter_map(|c| c.store_name.as_deref().map(str::to_owned))
             .collect()
     }
 

@@ -80,14 +80,22 @@ pub struct Caps {
     pub local_reserve: usize,
 }
 
+/// Connections kept free of registrations, so that lookups and NAMES are answered even
+/// when registrations fill every other fd.
+pub const SHORT_REQUEST_RESERVE: usize = 6;
+
+/// Spare fds beyond those open when the daemon starts serving (a log file reopened, a
+/// hand-over's socket pair).
+pub const FD_MARGIN: usize = 2;
+
 impl Caps {
-    /// Caps for a process allowed `fd_limit` open files: everything but a few fds for
-    /// listeners, the admin socket, signals and logging; a tenth (at least 16) reserved for
-    /// local peers; 1024 per remote source.
-    pub fn for_fd_limit(fd_limit: u64) -> Caps {
+    /// Caps for a process allowed `fd_limit` open files of which `fds_in_use` are taken by
+    /// listeners, the poll, signals, logging and the admin socket; a tenth (at least 16)
+    /// reserved for local peers; 1024 per remote source.
+    pub fn for_fd_limit(fd_limit: u64, fds_in_use: usize) -> Caps {
         let max = usize::try_from(fd_limit)
             .unwrap_or(usize::MAX)
-            .saturating_sub(32)
+            .saturating_sub(fds_in_use + FD_MARGIN)
             .max(64);
         Caps {
             max_connections: max,
@@ -124,7 +132,7 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Server {
     poll: Poll,
     listeners: Vec<TcpListener>,
-    conns: HashMap<Token, Connection>,
+    conns: token::TokenMap<Connection>,
     tokens: ConnTokens,
     /// `(when, connection)`: one entry per connection with a deadline or delay.
     timers: BTreeSet<(Instant, Token)>,
@@ -133,7 +141,7 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     scratch: Box<[u8]>,
     admin: Option<AdminListener>,
-    admin_conns: HashMap<Token, AdminConn>,
+    admin_conns: token::TokenMap<AdminConn>,
     stats: Stats,
     started: Instant,
     signals: signal_hook_mio::v1_0::Signals,
@@ -153,6 +161,9 @@ pub struct Server {
     fdstore: Option<fdstore::FdStore>,
     /// The fd-store memfd received in a hand-over, until the fd store is enabled.
     inherited_memfd: Option<std::fs::File>,
+    /// Connection fds may also be held by another process (fd store, hand-over), so they
+    /// must be deregistered explicitly before they are closed.
+    shared_fds: bool,
 }
 
 impl Server {
@@ -202,9 +213,10 @@ impl Server {
             ready_sent: false,
             fdstore: None,
             inherited_memfd: None,
+            shared_fds: false,
             poll,
             listeners: mio_listeners,
-            conns: HashMap::new(),
+            conns: token::TokenMap::default(),
             tokens: ConnTokens::new(),
             timers: BTreeSet::new(),
             registry: Registry::new(config.limits),
@@ -212,7 +224,7 @@ impl Server {
             accept_paused_until: None,
             scratch: vec![0u8; FIRST_READ_BYTES].into_boxed_slice(),
             admin,
-            admin_conns: HashMap::new(),
+            admin_conns: token::TokenMap::default(),
             stats: Stats::default(),
             started: Instant::now(),
         })
@@ -226,9 +238,21 @@ impl Server {
             .collect()
     }
 
+    /// Open epmd connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
     /// The registry (read-only).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Sets the connection caps, and the registration cap a few connections below them.
+    pub fn set_caps(&mut self, caps: Caps) {
+        self.config.caps = caps;
+        self.registry
+            .set_max_registrations(caps.max_connections.saturating_sub(SHORT_REQUEST_RESERVE));
     }
 
     /// Sends sd_notify messages to `notifier` (READY, STATUS, STOPPING) and pings the
@@ -397,8 +421,9 @@ impl Server {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
-        let local_addr = stream.local_addr().ok();
-        let is_local = local_addr.is_some_and(|l| peer::is_local(peer, l));
+        // A loopback peer is local whatever the local address: skip getsockname then.
+        let is_local = peer::is_local_loopback(peer)
+            || stream.local_addr().is_ok_and(|l| peer::is_local(peer, l));
         let caps = self.config.caps;
         let open = self.conns.len();
         let from_source = if is_local {
@@ -439,7 +464,7 @@ impl Server {
         let conn = Connection::new(
             stream,
             peer,
-            local_addr,
+            is_local,
             phase,
             now + self.config.packet_timeout,
         );
@@ -579,7 +604,7 @@ impl Server {
     /// The port NAMES and DUMP report to `conn`: the configured one, or under socket
     /// activation the one the client connected to.
     fn header_port_for(&self, conn: &Connection) -> u32 {
-        match (self.config.header_from_socket, conn.local_addr) {
+        match (self.config.header_from_socket, conn.local_addr()) {
             (true, Some(local)) => u32::from(local.port()),
             _ => self.config.dispatch.header_port,
         }
@@ -765,8 +790,8 @@ impl Server {
         if self.fdstore.is_some() {
             let name = conn
                 .store_name
-                .clone()
-                .unwrap_or_else(|| handover::conn_name(token));
+                .as_deref()
+                .map_or_else(|| handover::conn_name(token), str::to_owned);
             self.fd_store_closed(token, &name, registered);
         }
         self.stats.bytes_in += conn.bytes_in;
@@ -779,7 +804,12 @@ impl Server {
                 }
             }
         }
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if self.shared_fds {
+            // Another process may hold this socket too (systemd's fd store, a previous
+            // daemon): closing our fd would not remove it from our poll.
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+        // Otherwise closing the only fd removes it from the poll: one syscall less.
         drop(conn);
         if self.accept_paused_until.is_some() {
             // An fd was freed: try accepting again at once.
@@ -825,6 +855,7 @@ fn log_event(token: Token, event: &Event) {
             debug!("{token:?}: registered, creation {creation}")
         }
         Event::Duplicate => info!("node name already occupied"),
+        Event::Full => warn!("registration refused: the registration cap is reached"),
         Event::BadName(e) => info!("{e}"),
         Event::NotLocal => info!("non-local peer sent a local-only request"),
         other => debug!("{token:?}: {other:?}"),

@@ -16,6 +16,12 @@ pub fn is_local(peer: SocketAddr, local: SocketAddr) -> bool {
     peer_ip == canonical(local.ip())
 }
 
+/// True when `peer` is a loopback address (127.0.0.0/8, ::1, or IPv4-mapped loopback):
+/// local without looking at the connection's own address.
+pub fn is_local_loopback(peer: SocketAddr) -> bool {
+    canonical(peer.ip()).is_loopback()
+}
+
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

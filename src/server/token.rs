@@ -54,3 +54,48 @@ impl Default for ConnTokens {
         ConnTokens::new()
     }
 }
+
+/// A hasher for [`Token`] keys: tokens are unique integers, so one multiplication spreads
+/// them well enough, and it is much cheaper than SipHash on every event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TokenHasher(u64);
+
+impl std::hash::Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        // Fibonacci hashing: the high bits, which hashbrown uses, depend on every bit of n.
+        self.0 = (n as u64 ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by tokens.
+pub type TokenMap<V> =
+    std::collections::HashMap<Token, V, std::hash::BuildHasherDefault<TokenHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::{BuildHasher, BuildHasherDefault};
+
+    #[test]
+    fn token_hashes_differ_in_their_high_bits() {
+        let b = BuildHasherDefault::<TokenHasher>::default();
+        let h1 = b.hash_one(Token(64));
+        let h2 = b.hash_one(Token(65));
+        assert_ne!(h1 >> 57, h2 >> 57);
+        let mut m: TokenMap<u32> = TokenMap::default();
+        for i in 0..1000 {
+            m.insert(Token(i), i as u32);
+        }
+        assert_eq!(m[&Token(777)], 777);
+    }
+}
