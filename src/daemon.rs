@@ -452,9 +452,9 @@ fn write_pid_file(path: &Path) -> Result<(), Error> {
     })
 }
 
-/// How many fds this process has open.
+/// How many fds this process has open (not counting the one listing them).
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(16, |d| d.count())
+    std::fs::read_dir("/proc/self/fd").map_or(16, |d| d.count().saturating_sub(1))
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, so the daemon has no 1024-connection

@@ -27,7 +27,7 @@ impl NodeName {
         if text.chars().count() > MAX_NAME_CHARS {
             return Err(NameError::TooManyChars);
         }
-        Ok(NodeName(text.to_owned()))
+        Ok(NodeName(text.into()))
     }
 
     /// The name as text.

@@ -224,7 +224,7 @@ impl Server {
             if !conn.local {
                 *server.per_source.entry(peer.ip()).or_insert(0) += 1;
             }
-            server.conns.insert(token, conn);
+            server.conns.insert(token, Box::new(conn));
             server.rearm(token);
             ids.insert(c.fd.clone(), token);
         }

@@ -82,11 +82,11 @@ pub struct Caps {
 
 /// Connections kept free of registrations, so that lookups and NAMES are answered even
 /// when registrations fill every other fd.
-pub const SHORT_REQUEST_RESERVE: usize = 6;
+pub const SHORT_REQUEST_RESERVE: usize = 4;
 
 /// Spare fds beyond those open when the daemon starts serving (a log file reopened, a
 /// hand-over's socket pair).
-pub const FD_MARGIN: usize = 2;
+pub const FD_MARGIN: usize = 1;
 
 impl Caps {
     /// Caps for a process allowed `fd_limit` open files of which `fds_in_use` are taken by
@@ -132,7 +132,9 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Server {
     poll: Poll,
     listeners: Vec<TcpListener>,
-    conns: token::TokenMap<Connection>,
+    /// Boxed: a registration connection lives as long as its node, and the map's spare
+    /// capacity then costs a pointer per slot rather than a whole connection.
+    conns: token::TokenMap<Box<Connection>>,
     tokens: ConnTokens,
     /// `(when, connection)`: one entry per connection with a deadline or delay.
     timers: BTreeSet<(Instant, Token)>,
@@ -475,7 +477,7 @@ impl Server {
         if !conn.local {
             *self.per_source.entry(peer.ip()).or_insert(0) += 1;
         }
-        self.conns.insert(token, conn);
+        self.conns.insert(token, Box::new(conn));
         self.stats.accepted += 1;
         self.stats.observe(self.conns.len(), self.registry.len());
         self.rearm(token);
