@@ -82,6 +82,9 @@ pub struct Connection {
     io: Option<Box<Buffers>>,
     /// The interest currently registered with the poll.
     pub interest: Interest,
+    /// Whether the socket is registered with the poll (it is not while the request that
+    /// arrived with the accept is answered).
+    pub in_poll: bool,
     /// Whether the peer is local (spec §5), decided at accept time.
     pub local: bool,
     /// The access policy lets this peer send NAMES.
@@ -146,6 +149,7 @@ impl Connection {
             store_name: None,
             io: None,
             interest: Interest::READABLE,
+            in_poll: false,
             local,
             may_list: true,
             may_lookup: true,

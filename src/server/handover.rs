@@ -221,6 +221,7 @@ impl Server {
                 .register(&mut conn.stream, token, interest)
                 .map_err(|_| StateError::BadField("connection"))?;
             conn.interest = interest;
+            conn.in_poll = true;
             if !conn.local {
                 *server.per_source.entry(peer.ip()).or_insert(0) += 1;
             }

@@ -159,6 +159,8 @@ pub struct Server {
     names_cache: Option<(u64, u32, std::rc::Rc<Vec<u8>>)>,
     /// A hand-over asked for by an admin client, acted on after the current events.
     handover_requested: Option<HandOverRequest>,
+    /// A KILL honoured while accepting, acted on after the current events.
+    shutdown_requested: Option<Shutdown>,
     ready_sent: bool,
     fdstore: Option<fdstore::FdStore>,
     /// The fd-store memfd received in a hand-over, until the fd store is enabled.
@@ -212,6 +214,7 @@ impl Server {
             per_source: HashMap::new(),
             names_cache: None,
             handover_requested: None,
+            shutdown_requested: None,
             ready_sent: false,
             fdstore: None,
             inherited_memfd: None,
@@ -336,6 +339,9 @@ impl Server {
             if let Some(shutdown) = self.handle_timers(Instant::now()) {
                 return Ok(shutdown);
             }
+            if let Some(shutdown) = self.shutdown_requested.take() {
+                return Ok(shutdown);
+            }
             if let Some(request) = self.handover_requested.take() {
                 return Ok(Shutdown::HandOver(request));
             }
@@ -422,7 +428,7 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+    fn admit(&mut self, stream: TcpStream, peer: std::net::SocketAddr) {
         // A loopback peer is local whatever the local address: skip getsockname then.
         let is_local = peer::is_local_loopback(peer)
             || stream.local_addr().is_ok_and(|l| peer::is_local(peer, l));
@@ -450,14 +456,6 @@ impl Server {
             return;
         }
         let token = self.tokens.allocate();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, token, Interest::READABLE)
-        {
-            warn!("cannot register connection from {peer}: {e}");
-            return;
-        }
         let now = Instant::now();
         let phase = match self.config.delay_accept {
             Some(d) => Phase::AcceptDelay(now + d),
@@ -481,6 +479,41 @@ impl Server {
         self.stats.accepted += 1;
         self.stats.observe(self.conns.len(), self.registry.len());
         self.rearm(token);
+        if self.config.delay_accept.is_none() {
+            // On loopback the request usually arrives before the accept: read and answer
+            // it now. A lookup answered at once is closed without ever entering the poll
+            // (no epoll_ctl, no poll round trip); a miss costs one EAGAIN read.
+            if let Some(shutdown) = self.read_and_dispatch(token) {
+                self.shutdown_requested = Some(shutdown);
+            }
+        }
+        self.enter_poll(token);
+    }
+
+    /// Registers a connection that is still open with the poll, with the interest its
+    /// state needs; one that cannot be registered is closed.
+    fn enter_poll(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if conn.in_poll {
+            return;
+        }
+        let wanted = conn.wanted_interest();
+        match self
+            .poll
+            .registry()
+            .register(&mut conn.stream, token, wanted)
+        {
+            Ok(()) => {
+                conn.in_poll = true;
+                conn.interest = wanted;
+            }
+            Err(e) => {
+                warn!("{token:?}: cannot register the connection: {e}");
+                self.close(token);
+            }
+        }
     }
 
     /// Handles readiness of a connection. Events may be spurious: every syscall result is
@@ -606,10 +639,13 @@ impl Server {
     /// The port NAMES and DUMP report to `conn`: the configured one, or under socket
     /// activation the one the client connected to.
     fn header_port_for(&self, conn: &Connection) -> u32 {
-        match (self.config.header_from_socket, conn.local_addr()) {
-            (true, Some(local)) => u32::from(local.port()),
-            _ => self.config.dispatch.header_port,
+        if !self.config.header_from_socket {
+            return self.config.dispatch.header_port;
         }
+        conn.local_addr()
+            .map_or(self.config.dispatch.header_port, |local| {
+                u32::from(local.port())
+            })
     }
 
     /// The NAMES reply, rendered once per change of the registry and header port.
@@ -689,7 +725,8 @@ impl Server {
             return;
         };
         let wanted = conn.wanted_interest();
-        if wanted != conn.interest {
+        // Not in the poll yet (answered right after accept): enter_poll sets the interest.
+        if conn.in_poll && wanted != conn.interest {
             match self
                 .poll
                 .registry()
@@ -806,7 +843,7 @@ impl Server {
                 }
             }
         }
-        if self.shared_fds {
+        if self.shared_fds && conn.in_poll {
             // Another process may hold this socket too (systemd's fd store, a previous
             // daemon): closing our fd would not remove it from our poll.
             let _ = self.poll.registry().deregister(&mut conn.stream);
