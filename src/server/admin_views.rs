@@ -211,7 +211,7 @@ impl Server {
         let (mut bytes_in, mut bytes_out) = (self.stats.bytes_in, self.stats.bytes_out);
         for c in self.conns.values() {
             let phase = match c.phase {
-                Phase::AcceptDelay(_) => "accept_delay",
+                Phase::AcceptDelay => "accept_delay",
                 Phase::Reading => "reading",
                 Phase::WriteDelay(..) => "write_delay",
                 Phase::Writing(_) => "writing",

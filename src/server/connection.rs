@@ -17,12 +17,13 @@ use crate::protocol::{decode_frame, read_limit, FrameError, Request, RequestErro
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// `-delay_accept`: accepted, but not read before the given instant.
-    AcceptDelay(Instant),
+    /// `-delay_accept`: accepted, but not read before [`Connection::delay_until`].
+    AcceptDelay,
     /// Collecting the bytes of the one request a connection may send.
     Reading,
-    /// `-delay_write`: the reply is ready but not written before the given instant.
-    WriteDelay(Instant, After),
+    /// `-delay_write`: the reply is ready but not written before
+    /// [`Connection::delay_until`].
+    WriteDelay(After),
     /// Writing the reply; then doing what `After` says.
     Writing(After),
     /// A registration connection (after an ALIVE2 reply, whether or not it registered): no
@@ -65,10 +66,6 @@ pub struct Connection {
     pub stream: TcpStream,
     /// The phase.
     pub phase: Phase,
-    /// The key of this connection's entry in the server's timer set, if it has one.
-    pub timer: Option<Instant>,
-    /// The request deadline (accept time + packet timeout); `None` once registered.
-    pub deadline: Option<Instant>,
     /// The peer's address.
     pub peer: SocketAddr,
     /// Bytes read so far.
@@ -78,7 +75,8 @@ pub struct Connection {
     /// The fd name this connection has in a saved state (kept across hand-overs and
     /// restarts, so the fd store's name stays valid); `None` means the default name.
     pub store_name: Option<Box<str>>,
-    /// Buffers of a request or reply in flight.
+    /// Buffers and timers of a request or reply in flight; `None` for a registration
+    /// connection at rest, which needs neither.
     io: Option<Box<Buffers>>,
     /// The interest currently registered with the poll.
     pub interest: Interest,
@@ -93,9 +91,15 @@ pub struct Connection {
     pub may_lookup: bool,
 }
 
-/// A connection's request and reply buffers.
+/// A connection's request and reply buffers, and its timers.
 #[derive(Debug, Default)]
 struct Buffers {
+    /// The key of this connection's entry in the server's timer set, if it has one.
+    timer: Option<Instant>,
+    /// The request deadline (accept time + packet timeout).
+    deadline: Option<Instant>,
+    /// The end of a `-delay_accept` or `-delay_write` wait.
+    delay_until: Option<Instant>,
     /// Bytes of a request that came in more than one read.
     rx: Vec<u8>,
     /// Reply bytes not yet written.
@@ -141,13 +145,14 @@ impl Connection {
         Connection {
             stream,
             phase,
-            timer: None,
-            deadline: Some(deadline),
             peer,
             bytes_in: 0,
             bytes_out: 0,
             store_name: None,
-            io: None,
+            io: Some(Box::new(Buffers {
+                deadline: Some(deadline),
+                ..Buffers::default()
+            })),
             interest: Interest::READABLE,
             in_poll: false,
             local,
@@ -163,6 +168,65 @@ impl Connection {
 
     fn buffers(&mut self) -> &mut Buffers {
         self.io.get_or_insert_with(Box::default)
+    }
+
+    /// The request deadline; `None` for a registration connection.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.io.as_ref().and_then(|b| b.deadline)
+    }
+
+    /// Sets (or, with `None`, removes) the request deadline.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        if deadline.is_some() || self.io.is_some() {
+            self.buffers().deadline = deadline;
+        }
+        self.release_idle_buffers();
+    }
+
+    /// The key of this connection's entry in the server's timer set.
+    pub fn timer(&self) -> Option<Instant> {
+        self.io.as_ref().and_then(|b| b.timer)
+    }
+
+    /// Records the key of this connection's entry in the server's timer set.
+    pub fn set_timer(&mut self, timer: Option<Instant>) {
+        if timer.is_some() || self.io.is_some() {
+            self.buffers().timer = timer;
+        }
+        self.release_idle_buffers();
+    }
+
+    /// When a `-delay_accept` or `-delay_write` wait ends.
+    pub fn delay_until(&self) -> Option<Instant> {
+        self.io.as_ref().and_then(|b| b.delay_until)
+    }
+
+    /// Enters a delayed phase that ends at `until`.
+    pub fn delay(&mut self, phase: Phase, until: Instant) {
+        self.phase = phase;
+        self.buffers().delay_until = Some(until);
+    }
+
+    /// Leaves a delayed phase for `phase`.
+    pub fn end_delay(&mut self, phase: Phase) {
+        self.phase = phase;
+        if let Some(b) = self.io.as_mut() {
+            b.delay_until = None;
+        }
+    }
+
+    /// Frees the box once nothing is in it (a registration connection at rest).
+    fn release_idle_buffers(&mut self) {
+        let idle = self.io.as_ref().is_some_and(|b| {
+            b.rx.is_empty()
+                && b.tx_pos >= b.tx.bytes().len()
+                && b.timer.is_none()
+                && b.deadline.is_none()
+                && b.delay_until.is_none()
+        });
+        if idle {
+            self.io = None;
+        }
     }
 
     fn rx(&self) -> &[u8] {
@@ -253,13 +317,11 @@ impl Connection {
 
     /// Puts back the buffers of a connection taken over from another process.
     pub fn restore_buffers(&mut self, rx: Vec<u8>, tx: Vec<u8>) {
-        self.io = (!rx.is_empty() || !tx.is_empty()).then(|| {
-            Box::new(Buffers {
-                rx,
-                tx: Output::Owned(tx),
-                tx_pos: 0,
-            })
-        });
+        let b = self.buffers();
+        b.rx = rx;
+        b.tx = Output::Owned(tx);
+        b.tx_pos = 0;
+        self.release_idle_buffers();
     }
 
     /// Queues `reply` to be written.
@@ -291,12 +353,9 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        if b.rx.is_empty() {
-            self.io = None;
-        } else {
-            b.tx = Output::default();
-            b.tx_pos = 0;
-        }
+        b.tx = Output::default();
+        b.tx_pos = 0;
+        self.release_idle_buffers();
         Ok(true)
     }
 
@@ -314,10 +373,10 @@ impl Connection {
     /// deadline.
     pub fn next_timer(&self) -> Option<Instant> {
         let delay = match self.phase {
-            Phase::AcceptDelay(t) | Phase::WriteDelay(t, _) => Some(t),
+            Phase::AcceptDelay | Phase::WriteDelay(_) => self.delay_until(),
             _ => None,
         };
-        match (delay, self.deadline) {
+        match (delay, self.deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -332,5 +391,21 @@ fn decode(buf: &[u8]) -> ReadOutcome {
             Err(e) => ReadOutcome::Close(CloseReason::Request(e)),
         },
         Err(e) => ReadOutcome::Close(CloseReason::Frame(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registration connection lives as long as its node: keep it small (the hold
+    /// benchmark's RSS per registration depends on it).
+    #[test]
+    fn connections_stay_small() {
+        assert!(
+            std::mem::size_of::<Connection>() <= 96,
+            "{}",
+            std::mem::size_of::<Connection>()
+        );
     }
 }

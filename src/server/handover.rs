@@ -52,8 +52,8 @@ impl Server {
             let c = &self.conns[token];
             fds.push(c.stream.as_raw_fd());
             let phase = match c.phase {
-                Phase::AcceptDelay(_) | Phase::Reading => PhaseState::Reading,
-                Phase::WriteDelay(_, after) | Phase::Writing(after) => match after {
+                Phase::AcceptDelay | Phase::Reading => PhaseState::Reading,
+                Phase::WriteDelay(after) | Phase::Writing(after) => match after {
                     After::Close => PhaseState::WritingThenClose,
                     After::Register => PhaseState::WritingThenRegister,
                     After::Exit => PhaseState::WritingThenExit,
@@ -69,7 +69,7 @@ impl Server {
                 rx_hex: to_hex(c.pending_rx()),
                 tx_hex: to_hex(c.pending_tx()),
                 deadline_ms: c
-                    .deadline
+                    .deadline()
                     .map(|d| d.saturating_duration_since(now).as_millis() as u64),
                 bytes_in: c.bytes_in,
                 bytes_out: c.bytes_out,
@@ -203,7 +203,7 @@ impl Server {
                 deadline,
             );
             if phase == Phase::Registered {
-                conn.deadline = None;
+                conn.set_deadline(None);
             }
             conn.store_name = Some(c.fd.as_str().into());
             conn.bytes_in = c.bytes_in;

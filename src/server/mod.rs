@@ -457,19 +457,17 @@ impl Server {
         }
         let token = self.tokens.allocate();
         let now = Instant::now();
-        let phase = match self.config.delay_accept {
-            Some(d) => Phase::AcceptDelay(now + d),
-            None => Phase::Reading,
-        };
-        let conn = Connection::new(
+        let mut conn = Connection::new(
             stream,
             peer,
             is_local,
-            phase,
+            Phase::Reading,
             now + self.config.packet_timeout,
         );
+        if let Some(d) = self.config.delay_accept {
+            conn.delay(Phase::AcceptDelay, now + d);
+        }
         trace!("accepted {peer} (local: {}) as {token:?}", conn.local);
-        let mut conn = conn;
         conn.may_list = self.config.names_policy.allows(peer, conn.local);
         conn.may_lookup = self.config.port_please_policy.allows(peer, conn.local);
         if !conn.local {
@@ -521,7 +519,7 @@ impl Server {
     fn connection_ready(&mut self, token: Token) -> Option<Shutdown> {
         let conn = self.conns.get_mut(&token)?;
         match conn.phase {
-            Phase::AcceptDelay(_) | Phase::WriteDelay(..) => None,
+            Phase::AcceptDelay | Phase::WriteDelay(_) => None,
             Phase::Reading => self.read_and_dispatch(token),
             Phase::Writing(after) => self.continue_writing(token, after),
             Phase::Registered => {
@@ -625,7 +623,7 @@ impl Server {
         conn.queue(reply);
         match self.config.delay_write {
             Some(d) => {
-                conn.phase = Phase::WriteDelay(Instant::now() + d, after);
+                conn.delay(Phase::WriteDelay(after), Instant::now() + d);
                 self.rearm(token);
                 None
             }
@@ -702,7 +700,7 @@ impl Server {
             return;
         };
         conn.phase = Phase::Registered;
-        conn.deadline = None;
+        conn.set_deadline(None);
         self.rearm(token);
         self.update_interest(token);
         // Bytes that arrived behind the request (or an EOF) are already waiting and will
@@ -744,16 +742,17 @@ impl Server {
             return;
         };
         let next = conn.next_timer();
-        if next == conn.timer {
+        let old = conn.timer();
+        if next == old {
             return;
         }
-        if let Some(old) = conn.timer.take() {
+        if let Some(old) = old {
             self.timers.remove(&(old, token));
         }
         if let Some(t) = next {
             self.timers.insert((t, token));
-            conn.timer = Some(t);
         }
+        conn.set_timer(next);
     }
 
     fn handle_timers(&mut self, now: Instant) -> Option<Shutdown> {
@@ -784,23 +783,23 @@ impl Server {
             let Some(conn) = self.conns.get_mut(&token) else {
                 continue;
             };
-            conn.timer = None;
-            if conn.deadline.is_some_and(|d| d <= now) {
+            conn.set_timer(None);
+            if conn.deadline().is_some_and(|d| d <= now) {
                 debug!("{token:?}: packet timeout");
                 self.stats.deadline_expiries += 1;
                 self.close(token);
                 continue;
             }
             match conn.phase {
-                Phase::AcceptDelay(t) if t <= now => {
-                    conn.phase = Phase::Reading;
+                Phase::AcceptDelay if conn.delay_until().is_some_and(|t| t <= now) => {
+                    conn.end_delay(Phase::Reading);
                     self.rearm(token);
                     if let Some(s) = self.read_and_dispatch(token) {
                         return Some(s);
                     }
                 }
-                Phase::WriteDelay(t, after) if t <= now => {
-                    conn.phase = Phase::Writing(after);
+                Phase::WriteDelay(after) if conn.delay_until().is_some_and(|t| t <= now) => {
+                    conn.end_delay(Phase::Writing(after));
                     self.rearm(token);
                     if let Some(s) = self.continue_writing(token, after) {
                         return Some(s);
@@ -818,7 +817,7 @@ impl Server {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
-        if let Some(t) = conn.timer.take() {
+        if let Some(t) = conn.timer() {
             self.timers.remove(&(t, token));
         }
         let registered = conn.phase == Phase::Registered;
