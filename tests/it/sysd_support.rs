@@ -6,13 +6,12 @@ use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::c_epmd::{find_on_path, CmdOutput};
 use crate::support::daemon::EPMD_ENV_VARS;
 use crate::support::tmp;
-use crate::support::wait::poll_until;
 
 /// Variables through which a service manager talks to the process; removed from what the
 /// test runner passes on, so that only what a test sets applies.
@@ -86,31 +85,7 @@ pub(crate) fn tool(program: &str, package: &str) -> PathBuf {
 /// Runs `cmd` with stdin closed and its output captured to files, waiting up to `timeout`
 /// for it to exit. At the deadline the process is killed by PID and the test panics.
 pub(crate) fn run(cmd: &mut Command, timeout: Duration) -> CmdOutput {
-    let stdout_path = tmp::unique_path("run.stdout");
-    let stderr_path = tmp::unique_path("run.stderr");
-    cmd.stdin(Stdio::null())
-        .stdout(tmp::create_log(&stdout_path))
-        .stderr(tmp::create_log(&stderr_path));
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let status = poll_until(timeout, || child.try_wait().ok().flatten());
-    let stdout = fs::read(&stdout_path).unwrap_or_default();
-    let stderr = fs::read(&stderr_path).unwrap_or_default();
-    let _ = fs::remove_file(&stdout_path);
-    let _ = fs::remove_file(&stderr_path);
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "{cmd:?} still running after {timeout:?}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        );
-    };
-    CmdOutput {
-        status,
-        stdout,
-        stderr,
-    }
+    crate::support::c_epmd::run(cmd, timeout)
 }
 
 /// Panics, showing the command and its output, unless `out` is a success.

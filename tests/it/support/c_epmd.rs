@@ -72,14 +72,20 @@ impl CmdOutput {
 /// captured to files, and waits up to `timeout` for it to exit. At the deadline the
 /// process is killed by PID and the test panics.
 pub(crate) fn run_command(program: &Path, args: &[&str], timeout: Duration) -> CmdOutput {
-    let stdout_path = tmp::unique_path("cmd.stdout");
-    let stderr_path = tmp::unique_path("cmd.stderr");
     let mut cmd = Command::new(program);
     for var in EPMD_ENV_VARS {
         cmd.env_remove(var);
     }
-    cmd.args(args)
-        .stdin(Stdio::null())
+    cmd.args(args);
+    run(&mut cmd, timeout)
+}
+
+/// Runs `cmd` with stdin closed and its output captured to files, waiting up to `timeout`
+/// for it to exit. At the deadline the process is killed by PID and the test panics.
+pub(crate) fn run(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    let stdout_path = tmp::unique_path("cmd.stdout");
+    let stderr_path = tmp::unique_path("cmd.stderr");
+    cmd.stdin(Stdio::null())
         .stdout(tmp::create_log(&stdout_path))
         .stderr(tmp::create_log(&stderr_path));
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
