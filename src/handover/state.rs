@@ -284,6 +284,16 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_document_without_later_optional_fields_still_decodes() {
+        // The first version-1 writer had no `fd_store` field; readers default it.
+        let mut doc: serde_json::Value = serde_json::from_slice(&sample().encode()).unwrap();
+        doc.as_object_mut().unwrap().remove("fd_store");
+        let state = State::decode(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(state.fd_store, None);
+        assert_eq!(state, sample());
+    }
+
+    #[test]
     fn hex() {
         assert_eq!(to_hex(&[0, 0xAB]), "00ab");
         assert_eq!(from_hex("00aB"), Some(vec![0, 0xAB]));
