@@ -161,6 +161,15 @@ impl Connection {
         }
     }
 
+    /// The fd name of this connection (connection `token`) in saved states and systemd's
+    /// fd store: the name it was restored under, else the default name. The one place
+    /// this rule lives, so a registration and its connection always agree.
+    pub fn fd_name(&self, token: mio::Token) -> String {
+        self.store_name
+            .as_deref()
+            .map_or_else(|| super::handover::conn_name(token), str::to_owned)
+    }
+
     /// The local address the connection arrived on (asked of the socket).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.stream.local_addr().ok()

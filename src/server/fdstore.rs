@@ -17,7 +17,6 @@ use log::warn;
 use mio::Token;
 
 use super::connection::Phase;
-use super::handover::conn_name;
 use super::Server;
 
 /// The fd name of the state memfd.
@@ -175,10 +174,7 @@ impl Server {
             if conn.phase != Phase::Registered {
                 continue;
             }
-            let name = conn
-                .store_name
-                .as_deref()
-                .map_or_else(|| conn_name(token), str::to_owned);
+            let name = conn.fd_name(token);
             if let Some(n) = &self.notifier {
                 if let Err(e) = n.notify_with_fds(
                     &format!("FDSTORE=1\nFDNAME={name}"),

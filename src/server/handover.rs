@@ -61,10 +61,7 @@ impl Server {
                 Phase::Registered => PhaseState::Registered,
             };
             connections.push(ConnState {
-                fd: c
-                    .store_name
-                    .as_deref()
-                    .map_or_else(|| conn_name(*token), str::to_owned),
+                fd: c.fd_name(*token),
                 phase,
                 rx_hex: to_hex(c.pending_rx()),
                 tx_hex: to_hex(c.pending_tx()),
@@ -83,8 +80,7 @@ impl Server {
                     let token = Token(r.conn.0 as usize);
                     self.conns
                         .get(&token)
-                        .and_then(|c| c.store_name.as_deref().map(str::to_owned))
-                        .unwrap_or_else(|| conn_name(token))
+                        .map_or_else(|| conn_name(token), |c| c.fd_name(token))
                 },
                 name: r.info.name.as_str().to_owned(),
                 port: r.info.port,

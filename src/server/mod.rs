@@ -826,10 +826,7 @@ impl Server {
             self.emit("unregister", &reg);
         }
         if self.fdstore.is_some() {
-            let name = conn
-                .store_name
-                .as_deref()
-                .map_or_else(|| handover::conn_name(token), str::to_owned);
+            let name = conn.fd_name(token);
             self.fd_store_closed(token, &name, registered);
         }
         self.stats.bytes_in += conn.bytes_in;
