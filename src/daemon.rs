@@ -40,7 +40,7 @@ pub enum Exit {
 /// Runs the daemon until it is killed or terminated.
 ///
 /// `args` are the daemon's own arguments and `self_exe` its binary: a hand-over starts
-/// `self_exe` (or the binary asked for) with the same arguments.
+/// `self_exe` with the same arguments (never another program).
 pub fn run(
     config: &DaemonConfig,
     args: &[OsString],
@@ -145,11 +145,10 @@ pub fn run(
             Shutdown::Killed => Exit::Killed,
             Shutdown::Terminated(_) => Exit::Terminated,
             Shutdown::HandOver(request) => {
-                let binary = request
-                    .binary
-                    .clone()
-                    .or_else(|| self_exe.map(Path::to_path_buf));
-                let outcome = match &binary {
+                // Always the daemon's own binary, by the path it was started from (so a
+                // package upgrade that replaced the file is picked up): nobody can name
+                // another program.
+                let outcome = match self_exe {
                     Some(b) => transfer::hand_over(&server, b, args),
                     None => Err(transfer::HandoverError::Spawn(io::Error::new(
                         io::ErrorKind::NotFound,

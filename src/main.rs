@@ -62,12 +62,7 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().write_all(&out.stderr);
             ExitCode::from(out.code)
         }
-        Action::Admin {
-            socket,
-            view,
-            json,
-            binary,
-        } => {
+        Action::Admin { socket, view, json } => {
             let Some(path) = socket else {
                 eprintln!(
                     "epmd-rs: {}",
@@ -77,7 +72,7 @@ fn main() -> ExitCode {
             };
             let mut out = std::io::stdout().lock();
             let result = if view == epmd_rs::admin::View::Upgrade {
-                epmd_rs::admin::client::upgrade(&path, binary.as_deref(), json, &mut out)
+                epmd_rs::admin::client::upgrade(&path, json, &mut out)
             } else {
                 epmd_rs::admin::client::run(&path, view, json, &mut out)
             };

@@ -58,24 +58,19 @@ pub fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), AdminClientError> {
-    run_line(path, view, None, json, out)
+    run_line(path, view, json, out)
 }
 
-/// Asks the daemon to hand itself over to a new process (`binary`, or its own); prints the
-/// outcome. Fails with [`AdminClientError::UpgradeFailed`] when the daemon reports failure.
-pub fn upgrade(
-    path: &Path,
-    binary: Option<&Path>,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<(), AdminClientError> {
-    run_line(path, View::Upgrade, binary, json, out)
+/// Asks the daemon to hand itself over to a new process running its own binary; prints the
+/// outcome. Fails with [`AdminClientError::UpgradeFailed`] when the daemon reports failure
+/// (or refuses: only root and the daemon's own user may ask).
+pub fn upgrade(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), AdminClientError> {
+    run_line(path, View::Upgrade, json, out)
 }
 
 fn run_line(
     path: &Path,
     view: View,
-    binary: Option<&Path>,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), AdminClientError> {
@@ -83,10 +78,7 @@ fn run_line(
         path: path.to_owned(),
         source,
     })?;
-    let line = match binary {
-        Some(b) => format!("{view} {}\n", b.display()),
-        None => format!("{view}\n"),
-    };
+    let line = format!("{view}\n");
     stream
         .write_all(line.as_bytes())
         .map_err(AdminClientError::Io)?;

@@ -30,8 +30,9 @@ pub enum View {
     Watch,
     /// The effective configuration and where each value came from.
     Config,
-    /// Hand the daemon over to a new process (its own binary, or `--binary PATH`) without
-    /// closing any connection.
+    /// Hand the daemon over to a new process running its own binary (by the path it was
+    /// started from) without closing any connection. Served only to root and the daemon's
+    /// own user.
     Upgrade,
 }
 

@@ -37,8 +37,6 @@ pub enum Action {
         view: View,
         /// JSON instead of a table.
         json: bool,
-        /// `upgrade --binary`.
-        binary: Option<PathBuf>,
     },
     /// Write the man page and shell completions into a directory.
     Generate(PathBuf),
@@ -175,7 +173,6 @@ impl Config {
                 socket,
                 port,
                 json,
-                binary,
             }) => {
                 let socket = socket
                     .clone()
@@ -188,7 +185,6 @@ impl Config {
                         socket,
                         view: *view,
                         json: *json,
-                        binary: binary.clone(),
                     },
                     debug: cli.debug,
                 });

@@ -150,9 +150,6 @@ pub enum Command {
         /// Print JSON (JSON lines for `watch`) instead of a table.
         #[arg(long)]
         json: bool,
-        /// With `upgrade`: the new binary to hand over to [default: the daemon's own].
-        #[arg(long, value_name = "PATH")]
-        binary: Option<PathBuf>,
     },
     /// Write the man page (epmd-rs.1) and shell completions (bash, zsh, fish) into DIR
     /// (used by `make install`).

@@ -121,11 +121,47 @@ fn group_id(name: &str) -> Result<u32, AdminSocketError> {
     Ok(unsafe { (*gr).gr_gid })
 }
 
+/// The uid of the process at the other end of a connected Unix socket (`SO_PEERCRED`: the
+/// credentials it had when it connected).
+pub fn peer_uid(fd: &impl std::os::fd::AsRawFd) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred as SO_PEERCRED
+    // expects, and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Whether a peer with `uid` may ask for `upgrade`: root, or the daemon's own user. The
+/// admin group may only read the views.
+pub fn may_upgrade(uid: Option<u32>) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    uid.is_some_and(|u| u == 0 || u == own)
+}
+
 /// One admin client connection.
 #[derive(Debug)]
 pub struct AdminConn {
     /// The socket.
     pub stream: mio::net::UnixStream,
+    /// The client's uid (`SO_PEERCRED`), `None` if it could not be read.
+    pub peer_uid: Option<u32>,
     rx: Vec<u8>,
     tx: Vec<u8>,
     tx_pos: usize,
@@ -150,6 +186,7 @@ impl AdminConn {
     /// Wraps an accepted stream.
     pub fn new(stream: mio::net::UnixStream) -> AdminConn {
         AdminConn {
+            peer_uid: peer_uid(&stream).ok(),
             stream,
             rx: Vec::new(),
             tx: Vec::new(),

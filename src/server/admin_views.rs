@@ -7,7 +7,7 @@ use std::io;
 use log::warn;
 use mio::{Interest, Token};
 
-use super::admin::{AdminConn, AdminRead};
+use super::admin::{self, AdminConn, AdminRead};
 use super::connection::Phase;
 use super::{token, unix_now, Server};
 use crate::admin::{NodeView, OldView, StatsView, View, WatchEvent};
@@ -58,23 +58,34 @@ impl Server {
                     Some((w, a)) => (w.to_owned(), Some(a.trim().to_owned())),
                     None => (line.clone(), None),
                 };
-                if View::parse(&word) == Some(View::Upgrade) {
-                    self.handover_requested = Some(super::HandOverRequest {
-                        binary: arg.filter(|a| !a.is_empty()).map(Into::into),
-                        requester: Some(token),
-                    });
-                    return;
-                }
-                let reply = match View::parse(&line) {
-                    Some(View::Watch) => {
-                        conn.watching = true;
-                        None
+                let reply = if View::parse(&word) == Some(View::Upgrade) {
+                    let uid = conn.peer_uid;
+                    match upgrade_refusal(uid, arg.as_deref()) {
+                        None => {
+                            self.handover_requested = Some(super::HandOverRequest {
+                                requester: Some(token),
+                            });
+                            return;
+                        }
+                        Some(why) => {
+                            let who = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+                            warn!("refusing admin upgrade from uid {who}: {why}");
+                            let reply = serde_json::json!({ "ok": false, "error": why });
+                            Some(reply.to_string())
+                        }
                     }
-                    Some(view) => Some(self.admin_view(view)),
-                    None => Some(
-                        serde_json::json!({ "error": format!("unknown view {line:?}") })
-                            .to_string(),
-                    ),
+                } else {
+                    match View::parse(&line) {
+                        Some(View::Watch) => {
+                            conn.watching = true;
+                            None
+                        }
+                        Some(view) => Some(self.admin_view(view)),
+                        None => Some(
+                            serde_json::json!({ "error": format!("unknown view {line:?}") })
+                                .to_string(),
+                        ),
+                    }
                 };
                 if let (Some(text), Some(c)) = (reply, self.admin_conns.get_mut(&token)) {
                     c.queue(text.as_bytes());
@@ -248,6 +259,21 @@ impl Server {
             bytes_out,
         }
     }
+}
+
+/// Why an `upgrade` request from a peer with `uid`, with the argument `arg`, is refused;
+/// `None` when it is served. The request may not name a program (a hand-over always starts
+/// the daemon's own binary), and only root and the daemon's own user may ask.
+fn upgrade_refusal(uid: Option<u32>, arg: Option<&str>) -> Option<String> {
+    if arg.is_some_and(|a| !a.is_empty()) {
+        return Some(
+            "upgrade takes no argument: the daemon always starts its own binary".to_owned(),
+        );
+    }
+    if !admin::may_upgrade(uid) {
+        return Some("upgrade is served only to root and the daemon's own user".to_owned());
+    }
+    None
 }
 
 /// The creation the node was sent: the 32-bit counter, or `%3+1` for version < 6.

@@ -119,8 +119,6 @@ pub enum Shutdown {
 /// A request to hand the daemon over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandOverRequest {
-    /// The binary to start; `None` means the daemon's own.
-    pub binary: Option<std::path::PathBuf>,
     /// The admin connection that asked, to be told the outcome.
     pub requester: Option<Token>,
 }
@@ -374,10 +372,7 @@ impl Server {
                     info!("SIGUSR2: handing over to a new process");
                     // Acted on after this batch of events, so none of them is lost if the
                     // hand-over fails.
-                    self.handover_requested = Some(HandOverRequest {
-                        binary: None,
-                        requester: None,
-                    });
+                    self.handover_requested = Some(HandOverRequest { requester: None });
                 }
                 other => {
                     info!("signal {other}: shutting down");

@@ -166,7 +166,13 @@ pub(crate) fn is_alive(pid: u32) -> bool {
 
 /// SIGKILLs `pid` if it is alive and runs the daemon binary (so a reused pid is never hit).
 pub(crate) fn kill_daemon_pid(pid: u32) {
-    if is_alive(pid) && procnet::runs_executable(pid, BIN) {
+    kill_pid_running(pid, Path::new(BIN));
+}
+
+/// SIGKILLs `pid` if it is alive and runs the executable at `binary`.
+fn kill_pid_running(pid: u32, binary: &Path) {
+    let exe = binary.to_str().expect("utf-8 path");
+    if is_alive(pid) && procnet::runs_executable(pid, exe) {
         if let Ok(target) = libc::pid_t::try_from(pid) {
             // SAFETY: kill(2) on the pid of a daemon this test started (checked above).
             unsafe { libc::kill(target, libc::SIGKILL) };
@@ -433,6 +439,8 @@ pub(crate) struct Chain {
     admin: PathBuf,
     /// The pid file.
     pid_file: PathBuf,
+    /// The daemon binary the chain runs (and every hand-over starts again).
+    binary: PathBuf,
     /// Last resort: any epmd-rs still listening on the port is killed by PID.
     _port_guard: DetachedDaemon,
     /// Scripts, the admin socket and the pid file.
@@ -442,10 +450,30 @@ pub(crate) struct Chain {
 impl Chain {
     /// Starts `epmd-rs -port P -address 127.0.0.1 --admin-socket … --pid-file …` with `envs`.
     pub(crate) fn start(envs: &[(&str, &str)]) -> Chain {
+        Chain::start_from(envs, None)
+    }
+
+    /// As [`Chain::start`], but runs a link (or copy) of the daemon binary in the chain's
+    /// directory, which [`Chain::replace_binary`] can then replace: a hand-over always
+    /// starts the daemon's own binary by its path.
+    pub(crate) fn start_own_copy(envs: &[(&str, &str)]) -> Chain {
         let dir = TempDir::new("ho");
+        let binary = dir.join("epmd-rs");
+        if fs::hard_link(BIN, &binary).is_err() {
+            fs::copy(BIN, &binary).expect("copy the daemon binary");
+        }
+        Chain::start_from(envs, Some((dir, binary)))
+    }
+
+    fn start_from(envs: &[(&str, &str)], own: Option<(TempDir, PathBuf)>) -> Chain {
+        let (dir, binary) = match own {
+            Some((dir, binary)) => (dir, binary),
+            None => (TempDir::new("ho"), PathBuf::from(BIN)),
+        };
         let admin = dir.join("admin.sock");
         let pid_file = dir.join("epmd.pid");
         let builder = Daemon::builder()
+            .program(&binary)
             .arg("--admin-socket")
             .arg(&admin)
             .arg("--pid-file")
@@ -464,7 +492,32 @@ impl Chain {
             first,
             admin,
             pid_file,
+            binary,
             dir,
+        }
+    }
+
+    /// Replaces the chain's binary (started by [`Chain::start_own_copy`]) by `with`, or
+    /// removes it (`None`), the way a package upgrade does: a new file renamed over the
+    /// path, so the running process keeps its own.
+    pub(crate) fn replace_binary(&self, with: Option<&Path>) {
+        assert_ne!(
+            self.binary,
+            Path::new(BIN),
+            "the chain runs the shared binary"
+        );
+        match with {
+            Some(new) => {
+                let staged = self.dir.join("epmd-rs.new");
+                let _ = fs::remove_file(&staged);
+                if fs::hard_link(new, &staged).is_err() {
+                    fs::copy(new, &staged).expect("stage the new binary");
+                }
+                fs::rename(&staged, &self.binary).expect("rename the new binary in place");
+            }
+            None => {
+                let _ = fs::remove_file(&self.binary);
+            }
         }
     }
 
@@ -532,7 +585,7 @@ impl Chain {
             self.log()
         );
         assert!(
-            procnet::runs_executable(pid, BIN),
+            procnet::runs_executable(pid, self.binary.to_str().expect("utf-8 path")),
             "successor {pid} is not epmd-rs"
         );
         if old == self.first.pid() {
@@ -566,7 +619,7 @@ impl Chain {
 impl Drop for Chain {
     fn drop(&mut self) {
         for pid in self.successors.iter().rev() {
-            kill_daemon_pid(*pid);
+            kill_pid_running(*pid, &self.binary);
         }
         // `first`, the port guard and the directory are dropped after this.
     }
@@ -818,13 +871,15 @@ fn twenty_handovers_in_a_row_keep_everything_and_leak_nothing() {
     assert_nodes_connected(port, &chain.registrations(), &[&a, &b]);
 }
 
-/// Hand-overs that fail: a binary that does not exist, one that exits at once, one that
-/// reads the first bytes of the hand-over and exits, one that answers nonsense. Each time
-/// `admin upgrade` exits 1 with the reason, and the same process keeps serving every
-/// registration, takes new ones, and leaks no fd; a real hand-over works afterwards.
+/// Hand-overs that fail, the daemon's binary (a hand-over always starts it by its path)
+/// being replaced each time: removed, a program that exits at once, one that reads the
+/// first bytes of the hand-over and exits, one that answers nonsense. Each time `admin
+/// upgrade` exits 1 with the reason, and the same process keeps serving every
+/// registration, takes new ones, and leaks no fd; once the real binary is back, a real
+/// hand-over works.
 #[test]
 fn failed_handovers_leave_the_old_daemon_serving() {
-    let mut chain = Chain::start(&[]);
+    let mut chain = Chain::start_own_copy(&[]);
     let port = chain.port();
     let node = ErlNode::start(port, "-sname", &erl::unique_name("hof"), &[]);
     let (_first_raw, _) = raw::register(port, "rawkeep", 40011, 6);
@@ -843,21 +898,17 @@ fn failed_handovers_leave_the_old_daemon_serving() {
         // daemon reads the answer rather than a broken pipe.
         "#!/bin/bash\nprintf 'NOPE\\n' >&\"$EPMD_RS_HANDOVER_FD\"\nexec cat <&\"$EPMD_RS_HANDOVER_FD\" >/dev/null\n",
     );
-    let cases: [(&str, PathBuf, &[&str]); 4] = [
-        (
-            "missing binary",
-            PathBuf::from("/nonexistent/epmd-rs"),
-            &["cannot start the new binary"],
-        ),
-        ("exits at once", exits, &["hand-over failed while"]),
+    let cases: [(&str, Option<PathBuf>, &[&str]); 4] = [
+        ("missing binary", None, &["cannot start the new binary"]),
+        ("exits at once", Some(exits), &["hand-over failed while"]),
         (
             "exits after reading",
-            reads_a_little,
+            Some(reads_a_little),
             &["hand-over failed while"],
         ),
         (
             "answers nonsense",
-            answers_nonsense,
+            Some(answers_nonsense),
             &["unexpected answer from the new process: \"NOPE\""],
         ),
     ];
@@ -867,13 +918,9 @@ fn failed_handovers_leave_the_old_daemon_serving() {
         let names_before = names_of(port);
         let regs_before = chain.registrations();
         let fds_before = fd_links(pid);
-        let binary = binary.to_str().expect("utf-8 path");
+        chain.replace_binary(binary.as_deref());
         let json = i == 0;
-        let mut extra = vec!["--binary", binary];
-        if json {
-            extra.push("--json");
-        }
-        let out = chain.upgrade_cli(&extra);
+        let out = chain.upgrade_cli(if json { &["--json"] } else { &[] });
         let stdout = out.stdout_text();
         assert_eq!(
             out.status.code(),
@@ -938,7 +985,9 @@ fn failed_handovers_leave_the_old_daemon_serving() {
     );
     assert_eq!(chain.stats()["handovers"].as_u64(), Some(0));
 
-    // The daemon recovered completely: a real hand-over now keeps all of it.
+    // The daemon recovered completely: with the real binary back in place, a real
+    // hand-over keeps all of it.
+    chain.replace_binary(Some(Path::new(BIN)));
     let names_before = names_of(port);
     let regs_before = chain.registrations();
     let new = handed_over_pid(&chain.upgrade_cli(&[]));

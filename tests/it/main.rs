@@ -25,6 +25,9 @@ mod client_compat;
 // `epmd-rs admin` over the admin Unix socket: every view, permissions, stale and live sockets.
 mod admin;
 
+// Who may do what on the admin socket: the admin group reads views, never runs a program.
+mod admin_trust;
+
 // `epmd-rs query` against our daemon and the C epmd; garbage, silence and refusal.
 mod query;
 

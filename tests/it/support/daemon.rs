@@ -14,7 +14,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ pub(crate) struct DaemonBuilder {
     port: Option<u16>,
     /// Pass the port as `ERL_EPMD_PORT` instead of `-port`.
     port_via_env: bool,
+    /// Run this copy of the daemon binary instead of [`BIN`].
+    program: Option<PathBuf>,
 }
 
 impl DaemonBuilder {
@@ -102,6 +104,12 @@ impl DaemonBuilder {
     /// [`DaemonBuilder::start`] then panics instead of retrying if the port is taken.
     pub(crate) fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    /// Runs the daemon binary from `path` (a copy or link of [`BIN`]) instead of [`BIN`].
+    pub(crate) fn program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.program = Some(path.into());
         self
     }
 
@@ -166,7 +174,7 @@ impl DaemonBuilder {
 
     /// Spawns the daemon on `port` with output captured to fresh files.
     fn spawn_on(&self, port: u16) -> Daemon {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(self.program.as_deref().unwrap_or(Path::new(BIN)));
         for var in EPMD_ENV_VARS {
             cmd.env_remove(var);
         }
