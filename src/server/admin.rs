@@ -224,8 +224,10 @@ impl AdminConn {
     }
 
     /// Queues bytes; false when a watcher's backlog would exceed [`MAX_WATCH_BACKLOG`].
+    /// A one-shot reply is never cut: it is one document the client reads to the end,
+    /// whatever its size.
     pub fn queue(&mut self, bytes: &[u8]) -> bool {
-        if self.tx.len() - self.tx_pos + bytes.len() > MAX_WATCH_BACKLOG {
+        if self.watching && self.tx.len() - self.tx_pos + bytes.len() > MAX_WATCH_BACKLOG {
             return false;
         }
         if self.tx_pos > 0 {

@@ -485,6 +485,41 @@ fn admin_old_after_unregister() {
     );
 }
 
+/// A `nodes` reply larger than the 1 MiB a `watch` client may fall behind (registrations
+/// with 255-character names and 1000-byte extras) arrives whole: the limit is the
+/// watchers', not every reply's.
+#[test]
+fn admin_nodes_reply_over_one_mib_arrives_whole() {
+    const COUNT: usize = 500;
+    let dir = TempDir::new();
+    let socket = dir.socket();
+    let daemon = start_with_admin(with_admin(&socket), &socket);
+    let port = daemon.port();
+    let extra: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let mut conns = Vec::with_capacity(COUNT);
+    for i in 0..COUNT {
+        let mut name = format!("big{i}-");
+        name.extend(std::iter::repeat_n('x', 255 - name.len()));
+        let req = alive2_req(10000 + i as u16, 77, 0, 6, 5, name.as_bytes(), &extra);
+        conns.push(register_raw(port, &req, 6).0);
+    }
+    let text = admin(&socket, &["--json", "nodes"]);
+    assert!(
+        text.len() > 1 << 20,
+        "the reply is only {} bytes: the test needs more than 1 MiB",
+        text.len()
+    );
+    let nodes: Vec<NodeView> = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("admin --json nodes ({} bytes): {e}", text.len()));
+    assert_eq!(nodes.len(), COUNT);
+    assert!(nodes
+        .iter()
+        .all(|n| n.name.len() == 255 && n.extra_hex.len() == 2000));
+    // The table view of the same registrations too.
+    let table = admin(&socket, &["nodes"]);
+    assert_eq!(table.lines().count(), COUNT + 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // admin stats
 // ---------------------------------------------------------------------------------------
