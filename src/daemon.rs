@@ -100,6 +100,9 @@ pub fn run(
                 })
             }
             .map_err(Error::Handover)?;
+            // Confirmed (GO received): the admin socket file is ours to remove at exit now.
+            let mut server = server;
+            server.keep_admin_socket_file(false);
             info!("took over from the previous daemon");
             Started::Serving(
                 Box::new(server),

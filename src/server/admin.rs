@@ -267,10 +267,28 @@ pub struct AdminListener {
     pub listener: mio::net::UnixListener,
     /// Its path.
     pub path: PathBuf,
+    /// Whether dropping it removes the file. False in a hand-over successor until the old
+    /// process has confirmed the hand-over (`GO`): a successor that gives up must leave the
+    /// file to the old process, which still serves on it.
+    pub unlink_on_drop: bool,
+}
+
+impl AdminListener {
+    /// A listener at `path` that removes its file when dropped.
+    pub fn new(listener: mio::net::UnixListener, path: PathBuf) -> AdminListener {
+        AdminListener {
+            listener,
+            path,
+            unlink_on_drop: true,
+        }
+    }
 }
 
 impl Drop for AdminListener {
     fn drop(&mut self) {
+        if !self.unlink_on_drop {
+            return;
+        }
         // Remove the file only if our socket is bound at that path.
         let ours = self
             .listener

@@ -173,6 +173,10 @@ impl Server {
         let limits = config.limits;
         let mut server = Server::new(listeners, admin, config)
             .map_err(|_| StateError::BadField("listening socket"))?;
+        if handover {
+            // The old process still serves on the admin socket until it says GO.
+            server.keep_admin_socket_file(true);
+        }
         let now = Instant::now();
         let mut ids = HashMap::new();
         for (c, stream) in state.connections.iter().zip(streams) {
@@ -288,6 +292,15 @@ impl Server {
             .values()
             .filter_map(|c| c.store_name.as_deref().map(str::to_owned))
             .collect()
+    }
+
+    /// Whether the admin socket file stays when this server is dropped: true in a
+    /// hand-over successor until the hand-over is confirmed, false once it is (the file
+    /// is then this process's to remove).
+    pub fn keep_admin_socket_file(&mut self, keep: bool) {
+        if let Some(a) = self.admin.as_mut() {
+            a.unlink_on_drop = !keep;
+        }
     }
 
     /// Leaves the admin socket file in place when this process exits (its successor owns

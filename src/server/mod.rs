@@ -191,7 +191,7 @@ impl Server {
                 let mut listener = mio::net::UnixListener::from_std(l);
                 poll.registry()
                     .register(&mut listener, token::ADMIN, Interest::READABLE)?;
-                Some(AdminListener { listener, path })
+                Some(AdminListener::new(listener, path))
             }
             None => None,
         };

@@ -1051,6 +1051,36 @@ fn refused_state_version_leaves_the_old_daemon_serving() {
     assert_eq!(chain.stats()["handovers"].as_u64(), Some(0));
 }
 
+/// A successor that refuses after it has rebuilt the server (here: its pid file cannot be
+/// written, because the path became a directory) must not remove the admin socket the old
+/// daemon still serves on: after each of five refused SIGUSR2 hand-overs the socket file is
+/// there and answers, from the same process.
+#[test]
+fn refused_handovers_never_remove_the_admin_socket() {
+    let mut chain = Chain::start(&[]);
+    let pid = chain.current();
+    fs::remove_file(&chain.pid_file).expect("remove the pid file");
+    fs::create_dir(&chain.pid_file).expect("a directory where the pid file was");
+    let refusals = |log: &str| log.matches("while preparing to serve").count();
+    for i in 1..=5 {
+        send_signal(pid, libc::SIGUSR2);
+        assert!(
+            poll_true(UPGRADE_TIMEOUT, || refusals(&chain.log()) >= i),
+            "refusal {i} not logged:\n{}",
+            chain.log()
+        );
+        assert!(
+            chain.admin().exists(),
+            "the admin socket file is gone after refused hand-over {i}\n{}",
+            chain.log()
+        );
+        let stats = chain.stats();
+        assert_eq!(stats["handovers"].as_u64(), Some(0), "{stats}");
+        assert!(chain.first.is_running(), "{}", chain.log());
+    }
+    assert_eq!(chain.current(), pid);
+}
+
 /// SIGUSR2 hands over as `admin upgrade` does: the pid file names a new process, the old
 /// one exits, NAMES and every registration (with its connection) are unchanged.
 #[test]
