@@ -22,6 +22,14 @@ pub enum AdminClientError {
         /// The error.
         source: io::Error,
     },
+    /// The process serving the socket runs as a user the client does not trust (neither
+    /// root, nor the client's user, nor the owner of a private directory holding it).
+    Untrusted {
+        /// The socket path.
+        path: PathBuf,
+        /// The uid of the process serving it.
+        uid: u32,
+    },
     /// Reading or writing the socket failed.
     Io(io::Error),
     /// The daemon's answer was not the expected JSON.
@@ -39,6 +47,12 @@ impl fmt::Display for AdminClientError {
             AdminClientError::Connect { path, source } => write!(
                 f,
                 "cannot reach the epmd-rs admin socket {}: {source}",
+                path.display()
+            ),
+            AdminClientError::Untrusted { path, uid } => write!(
+                f,
+                "not trusting the admin socket {}: it is served by uid {uid}, neither root nor \
+                 you, from a directory that is not that user's own",
                 path.display()
             ),
             AdminClientError::Io(e) => write!(f, "admin socket: {e}"),
@@ -78,6 +92,13 @@ fn run_line(
         path: path.to_owned(),
         source,
     })?;
+    let uid = super::peer::peer_uid(&stream).map_err(AdminClientError::Io)?;
+    if !super::peer::daemon_trusted(uid, path) {
+        return Err(AdminClientError::Untrusted {
+            path: path.to_owned(),
+            uid,
+        });
+    }
     let line = format!("{view}\n");
     stream
         .write_all(line.as_bytes())

@@ -6,6 +6,7 @@
 //! stays open and receives one JSON line per register or unregister event.
 
 pub mod client;
+pub mod peer;
 pub mod socket_path;
 pub mod table;
 

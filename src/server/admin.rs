@@ -1,157 +1,28 @@
 //! The admin Unix-domain socket, served by the same mio loop as epmd's TCP sockets.
 //!
 //! Never reachable from the network. The socket file is created with mode 0600 (0660 with
-//! an admin group). A stale file left by a crash is replaced; a socket some live process
-//! still answers on is never taken over.
+//! an admin group). A stale socket of ours left by a crash is replaced; a socket some live
+//! process still answers on, or another user's, is never taken over (see
+//! [`bind`](super::admin_bind::bind)). Every client's uid is read at accept
+//! (`SO_PEERCRED`): the views are served to anyone who can connect, `upgrade` only to root
+//! and the daemon's own user.
 
-use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+pub use super::admin_bind::{bind, AdminSocketError};
+use crate::admin::peer::peer_uid;
 use crate::admin::MAX_REQUEST_LINE;
 
 /// The most bytes a `watch` client may leave unread before it is dropped.
 pub const MAX_WATCH_BACKLOG: usize = 1 << 20;
 
-/// Why the admin socket could not be set up.
-#[derive(Debug)]
-pub enum AdminSocketError {
-    /// A live process answers on the socket path.
-    InUse(PathBuf),
-    /// The path exists and is not a socket.
-    NotASocket(PathBuf),
-    /// The named group does not exist.
-    UnknownGroup(String),
-    /// Creating, binding or setting permissions failed.
-    Io {
-        /// The socket path.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-}
-
-impl fmt::Display for AdminSocketError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AdminSocketError::InUse(p) => write!(
-                f,
-                "admin socket {} is in use by another running daemon",
-                p.display()
-            ),
-            AdminSocketError::NotASocket(p) => {
-                write!(
-                    f,
-                    "admin socket path {} exists and is not a socket",
-                    p.display()
-                )
-            }
-            AdminSocketError::UnknownGroup(g) => write!(f, "unknown admin group {g}"),
-            AdminSocketError::Io { path, source } => {
-                write!(f, "cannot create admin socket {}: {source}", path.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for AdminSocketError {}
-
-/// Creates the admin socket at `path` (mode 0600, or 0660 owned by `group`).
-pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, AdminSocketError> {
-    let io_err = |source| AdminSocketError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let gid = group.map(group_id).transpose()?;
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            fs::create_dir_all(dir).map_err(io_err)?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_err)?;
-        }
-    }
-    match fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(AdminSocketError::NotASocket(path.to_owned()))
-        }
-        Ok(_) => match UnixStream::connect(path) {
-            Ok(_) => return Err(AdminSocketError::InUse(path.to_owned())),
-            // Nobody listens: a stale file from a crashed daemon.
-            Err(_) => fs::remove_file(path).map_err(io_err)?,
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(e)),
-    }
-    // Create the socket file without group or other permissions from the start.
-    // SAFETY: umask only swaps the process file mode mask; start-up is single-threaded.
-    let old_mask = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old_mask) };
-    let listener = bound.map_err(io_err)?;
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(io_err)?;
-    } else {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
-    }
-    listener.set_nonblocking(true).map_err(io_err)?;
-    Ok(listener)
-}
-
-fn group_id(name: &str) -> Result<u32, AdminSocketError> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    let mut c_name = name.as_bytes().to_vec();
-    c_name.push(0);
-    if c_name[..c_name.len() - 1].contains(&0) {
-        return Err(AdminSocketError::UnknownGroup(name.to_owned()));
-    }
-    // SAFETY: c_name is NUL-terminated; getgrnam returns NULL or a pointer to static data
-    // that we read immediately, before any other call could overwrite it.
-    let gr = unsafe { libc::getgrnam(c_name.as_ptr().cast()) };
-    if gr.is_null() {
-        return Err(AdminSocketError::UnknownGroup(name.to_owned()));
-    }
-    // SAFETY: gr is non-null and points at a valid struct group.
-    Ok(unsafe { (*gr).gr_gid })
-}
-
-/// The uid of the process at the other end of a connected Unix socket (`SO_PEERCRED`: the
-/// credentials it had when it connected).
-pub fn peer_uid(fd: &impl std::os::fd::AsRawFd) -> io::Result<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred as SO_PEERCRED
-    // expects, and updates `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred.uid)
-}
-
 /// Whether a peer with `uid` may ask for `upgrade`: root, or the daemon's own user. The
 /// admin group may only read the views.
 pub fn may_upgrade(uid: Option<u32>) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let own = unsafe { libc::geteuid() };
+    let own = crate::admin::peer::euid();
     uid.is_some_and(|u| u == 0 || u == own)
 }
 

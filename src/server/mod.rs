@@ -6,6 +6,7 @@
 //! Accept errors never end the process: accepting pauses briefly and resumes.
 
 pub mod admin;
+mod admin_bind;
 mod admin_views;
 pub mod connection;
 pub mod dispatch;

@@ -8,17 +8,18 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::c_epmd::{run, CmdOutput};
 use crate::support::daemon::{Daemon, BIN};
+use crate::support::ports::free_port;
 use crate::support::tmp;
 use crate::support::wait::poll_true;
 
@@ -223,4 +224,132 @@ fn upgrade_is_refused_to_the_admin_group_and_never_runs_a_named_program() {
             >= 2,
         "the refusals were not logged:\n{log}"
     );
+}
+
+/// A child process killed (SIGKILL, by PID) and reaped on drop.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the daemon as uid [`NOBODY_UID`] with its admin socket at `socket`, and waits
+/// until it accepts there.
+fn daemon_as_nobody(socket: &Path) -> Guard {
+    let port = free_port().to_string();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-port", &port, "-address", "127.0.0.1", "--admin-socket"])
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .uid(NOBODY_UID)
+        .gid(ADMIN_GID);
+    let guard = Guard(cmd.spawn().expect("spawn the daemon as nobody"));
+    assert!(
+        poll_true(ADMIN_TIMEOUT, || UnixStream::connect(socket).is_ok()),
+        "the daemon as uid {NOBODY_UID} never served {}",
+        socket.display()
+    );
+    guard
+}
+
+/// L7, daemon side: a socket file at the admin path that belongs to another user is never
+/// removed, even when nobody answers on it: the daemon refuses to start and says why.
+/// A symlink to a stale socket is not followed either.
+#[test]
+fn a_stale_socket_of_another_user_is_never_replaced() {
+    if !is_root() {
+        eprintln!("skipped: needs root to own a file as another user");
+        return;
+    }
+    let dir = TempDir::new();
+    let socket = dir.join("admin.sock");
+    drop(UnixListener::bind(&socket).expect("bind a soon-stale socket"));
+    std::os::unix::fs::lchown(&socket, Some(NOBODY_UID), None).expect("lchown");
+    let mut daemon = Daemon::builder().arg("--admin-socket").arg(&socket).spawn();
+    let status = daemon.wait_exit(ADMIN_TIMEOUT);
+    let stderr = daemon.stderr_text();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the daemon took over another user's socket: {status:?}\n{stderr}"
+    );
+    assert!(stderr.contains("not ours"), "{stderr}");
+    let meta = fs::symlink_metadata(&socket).expect("the socket file is still there");
+    assert_eq!(meta.uid(), NOBODY_UID);
+
+    // A symlink to a stale socket of ours: refused as not a socket, the target untouched.
+    let target = dir.join("target.sock");
+    drop(UnixListener::bind(&target).expect("bind the target"));
+    let link = dir.join("link.sock");
+    symlink(&target, &link).expect("symlink");
+    let mut daemon = Daemon::builder().arg("--admin-socket").arg(&link).spawn();
+    let status = daemon.wait_exit(ADMIN_TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        daemon.stderr_text()
+    );
+    assert!(fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()));
+    assert!(target.exists(), "the symlink's target was removed");
+}
+
+/// L7, client side: `epmd-rs admin` refuses a socket served by another user (not root,
+/// not the client's user) from a directory everyone can write, where anyone could have
+/// planted it; it trusts the same daemon when the socket is in that user's own directory
+/// (a service's private runtime directory), and its own user always trusts it.
+#[test]
+fn the_client_refuses_a_socket_another_user_may_have_planted() {
+    if !is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let shared = TempDir::new();
+    fs::set_permissions(&shared.0, fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
+    let socket = shared.join("admin.sock");
+    let _planted = daemon_as_nobody(&socket);
+    let out = run(
+        Command::new(BIN)
+            .arg("admin")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("nodes"),
+        ADMIN_TIMEOUT,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the client trusted a socket served by uid {NOBODY_UID} in a shared directory: {}",
+        out.stdout_text()
+    );
+    assert!(
+        out.stderr_text().contains("not trusting"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout_text());
+    // Its own user trusts it.
+    let own = admin_as_nobody(&socket, &["--json", "nodes"]);
+    assert!(own.status.success(), "{}", own.stderr_text());
+
+    // The same user's daemon in a directory of its own that nobody else can write.
+    let private = TempDir::new();
+    std::os::unix::fs::chown(&private.0, Some(NOBODY_UID), Some(ADMIN_GID)).expect("chown");
+    let socket = private.join("admin.sock");
+    let _service = daemon_as_nobody(&socket);
+    let out = run(
+        Command::new(BIN)
+            .arg("admin")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--json", "nodes"]),
+        ADMIN_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", out.stderr_text());
+    assert_eq!(out.stdout_text().trim(), "[]");
 }
