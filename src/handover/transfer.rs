@@ -19,6 +19,9 @@ use crate::systemd;
 
 /// The environment variable that tells a new process which fd is its hand-over socket.
 pub const HANDOVER_FD_ENV: &str = "EPMD_RS_HANDOVER_FD";
+/// Set to `systemd` for a successor whose listening sockets came from the service manager
+/// (the `LISTEN_*` variables are not passed on), for `admin config`.
+pub const LISTEN_SOURCE_ENV: &str = "EPMD_RS_LISTEN_SOURCE";
 /// The first line the old process sends.
 pub const MAGIC: &[u8] = b"EPMDRS-HANDOVER 1\n";
 /// How long the whole exchange may take on either side, however slowly the other side
@@ -90,6 +93,10 @@ pub fn hand_over(server: &Server, binary: &Path, args: &[OsString]) -> Result<u3
         // make it ignore WATCHDOG_USEC.
         .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null());
+    match server.listen_source() {
+        crate::admin::Source::Systemd => cmd.env(LISTEN_SOURCE_ENV, "systemd"),
+        _ => cmd.env_remove(LISTEN_SOURCE_ENV),
+    };
     match systemd::watchdog_usec(std::process::id(), |k| std::env::var_os(k)) {
         Some(usec) => cmd.env("WATCHDOG_USEC", usec.to_string()),
         None => cmd.env_remove("WATCHDOG_USEC"),
