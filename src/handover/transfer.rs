@@ -158,30 +158,45 @@ fn detach_successor(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// The successor process, not our child: a pidfd (when the kernel has them) so that a
-/// failed hand-over never signals a recycled pid.
+/// The successor process, not our child: held by a pidfd so that a failed hand-over never
+/// signals a recycled pid.
 struct Successor {
     pid: u32,
-    pidfd: Option<OwnedFd>,
+    handle: Handle,
+}
+
+/// How the successor is signalled.
+enum Handle {
+    /// Its pidfd.
+    PidFd(OwnedFd),
+    /// By pid: the kernel has no pidfds (the successor waits for our greeting, so the pid
+    /// is still its own).
+    Pid,
+    /// It has exited already: nothing to signal.
+    Gone,
 }
 
 impl Successor {
     fn open(pid: u32) -> Successor {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        let pidfd = (fd >= 0).then(|| {
+        let handle = if fd >= 0 {
             // SAFETY: the kernel just returned this fd; nothing else owns it.
-            unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-        });
-        Successor { pid, pidfd }
+            Handle::PidFd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+        } else if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            Handle::Pid
+        } else {
+            Handle::Gone
+        };
+        Successor { pid, handle }
     }
 
     /// SIGKILLs the successor. It is reaped by its parent (the service manager or init).
     fn kill(&self) {
-        // SAFETY: pidfd_send_signal / kill only send a signal.
+        // SAFETY: pidfd_send_signal and kill only send a signal.
         unsafe {
-            match &self.pidfd {
-                Some(fd) => {
+            match &self.handle {
+                Handle::PidFd(fd) => {
                     libc::syscall(
                         libc::SYS_pidfd_send_signal,
                         fd.as_raw_fd(),
@@ -190,9 +205,10 @@ impl Successor {
                         0,
                     );
                 }
-                None => {
+                Handle::Pid => {
                     libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
                 }
+                Handle::Gone => {}
             }
         }
     }
