@@ -7,6 +7,8 @@ PORT ?= 4369
 # systemd-socket-activate and systemd-analyze (systemd), network namespaces (iproute2),
 # and man for rendering the generated man page (man-db).
 DEB_PACKAGES := erlang-base systemd iproute2 man-db
+# systemd-nspawn for the real-systemd tests (root only), without its recommends.
+DEB_PACKAGES_NO_RECOMMENDS := systemd-container
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run build test deps bench fuzz lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd
@@ -39,6 +41,9 @@ build:
 
 # Install what the tests need (only what is missing), then run every test.
 test: deps
+	@if [ "$$(id -u)" != 0 ] || ! command -v systemd-nspawn >/dev/null; then \
+		echo "make test: SKIPPING the real-systemd tests (tests/it/real_systemd.rs): they need root and systemd-nspawn"; \
+	else echo "make test: the real-systemd tests run (root, systemd-nspawn found)"; fi
 	$(CARGO) test --locked --all-targets
 
 # Install the Debian packages the tests use, if any of their commands is missing.
@@ -47,6 +52,10 @@ deps:
 		|| ! command -v ip >/dev/null || ! command -v man >/dev/null; then \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEB_PACKAGES); \
+	fi
+	@if [ "$$(id -u)" = 0 ] && ! command -v systemd-nspawn >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $(DEB_PACKAGES_NO_RECOMMENDS); \
 	fi
 
 # Side-by-side benchmark against the C epmd and a ceiling server (see docs/PERFORMANCE.md).

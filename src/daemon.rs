@@ -13,10 +13,11 @@ use std::path::Path;
 
 use log::{info, warn};
 
+use crate::admin::Source;
 use crate::cli::DaemonConfig;
 use crate::error::Error;
 use crate::handover::state::State;
-use crate::handover::transfer::{self, HANDOVER_FD_ENV};
+use crate::handover::transfer::{self, HANDOVER_FD_ENV, LISTEN_SOURCE_ENV};
 use crate::registry::Limits;
 use crate::server::dispatch::DispatchConfig;
 use crate::server::listener::{bind_all, bind_targets, ListenError};
@@ -70,7 +71,13 @@ pub fn run(
     };
     // A first estimate; fitted to the fds actually open once everything is set up.
     let caps = caps_for(16);
-    let server_config = |activated: bool| ServerConfig {
+    // Where bound sockets come from: the source of the `address` setting.
+    let address_source = config
+        .report
+        .iter()
+        .find(|e| e.key == "address")
+        .map_or(Source::Default, |e| e.source);
+    let server_config = |listen_source: Source| ServerConfig {
         dispatch: DispatchConfig {
             header_port: config.header_port(),
             relaxed: config.relaxed,
@@ -80,7 +87,8 @@ pub fn run(
         delay_write: config.delay_write,
         limits: Limits::new(config.debug > 0),
         report: config.report.clone(),
-        header_from_socket: activated,
+        header_from_socket: listen_source == Source::Systemd || config.systemd,
+        listen_source,
         names_policy: config.names_policy.clone(),
         port_please_policy: config.port_please_policy.clone(),
         caps,
@@ -92,9 +100,14 @@ pub fn run(
         Some(fd) => {
             // A successor: everything comes from the running daemon, nothing is bound.
             let pid_file = config.pid_file.clone();
+            // The predecessor says whether its sockets came from systemd.
+            let source = match env(LISTEN_SOURCE_ENV) {
+                Some(v) if v == "systemd" => Source::Systemd,
+                _ => address_source,
+            };
             // SAFETY: the fd was inherited from the daemon that started us for this purpose.
             let server = unsafe {
-                transfer::receive(fd, server_config(config.systemd), || match &pid_file {
+                transfer::receive(fd, server_config(source), || match &pid_file {
                     Some(path) => write_pid_file(path).map_err(|e| io::Error::other(e.to_string())),
                     None => Ok(()),
                 })
@@ -112,7 +125,13 @@ pub fn run(
                 },
             )
         }
-        None => start_fresh(config, &env, server_config)?,
+        None => start_fresh(config, &env, |activated| {
+            server_config(if activated {
+                Source::Systemd
+            } else {
+                address_source
+            })
+        })?,
     };
     let (mut server, restore) = match started {
         Started::Detached => return Ok(Exit::Detached),
@@ -231,7 +250,7 @@ fn start_fresh(
     } else if let Some(path) = &config.pid_file {
         write_pid_file(path)?;
     }
-    let config_now = server_config(activated || config.systemd);
+    let config_now = server_config(activated);
     let mut restore = Restore {
         memfd: None,
         stale: Vec::new(),

@@ -43,6 +43,13 @@ pub fn init(debug: u8, target: &LogTarget) -> io::Result<()> {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level_for(debug)).parse_env("RUST_LOG");
     match target {
+        LogTarget::Stderr if stderr_is_journal(std::env::var_os("JOURNAL_STREAM")) => {
+            // The journal reads the level from a `<N>` prefix (sd-daemon(3)) and names the
+            // unit and pid itself.
+            builder.format(|buf, record| {
+                writeln!(buf, "<{}>{}", severity(record.level()), record.args())
+            });
+        }
         LogTarget::Stderr => {
             builder.format(|buf, record| writeln!(buf, "epmd-rs: {}", record.args()));
         }
@@ -67,12 +74,7 @@ pub fn init(debug: u8, target: &LogTarget) -> io::Result<()> {
             builder
                 .format(|buf, record| {
                     // <priority>tag[pid]: message; facility daemon (3), severity by level.
-                    let severity = match record.level() {
-                        log::Level::Error => 3,
-                        log::Level::Warn => 4,
-                        log::Level::Info => 6,
-                        log::Level::Debug | log::Level::Trace => 7,
-                    };
+                    let severity = severity(record.level());
                     write!(
                         buf,
                         "<{}>epmd-rs[{}]: {}",
@@ -86,6 +88,32 @@ pub fn init(debug: u8, target: &LogTarget) -> io::Result<()> {
     }
     let _ = builder.try_init();
     Ok(())
+}
+
+/// The syslog severity of a log level (error 3, warning 4, info 6, debug 7).
+fn severity(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// Whether standard error is the journal stream systemd connected (`JOURNAL_STREAM` holds
+/// its `device:inode`, see systemd.exec(5)).
+fn stderr_is_journal(journal_stream: Option<std::ffi::OsString>) -> bool {
+    let Some(value) = journal_stream.and_then(|v| v.into_string().ok()) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes into the buffer we pass; fd 2 may be closed (then -1).
+    if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so the struct is initialised.
+    let st = unsafe { st.assume_init() };
+    value == format!("{}:{}", st.st_dev, st.st_ino)
 }
 
 /// Where `-daemon` logs when there is no syslog and no `--log-file`:
@@ -162,5 +190,24 @@ impl Write for SyslogSink {
             self.pending.clear();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_must_name_our_stderr() {
+        assert!(!stderr_is_journal(None));
+        assert!(!stderr_is_journal(Some("0:0".into())));
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: as in stderr_is_journal.
+        if unsafe { libc::fstat(2, st.as_mut_ptr()) } == 0 {
+            // SAFETY: fstat succeeded.
+            let st = unsafe { st.assume_init() };
+            let ours = format!("{}:{}", st.st_dev, st.st_ino);
+            assert!(stderr_is_journal(Some(ours.into())));
+        }
     }
 }

@@ -154,6 +154,13 @@ impl Notifier {
 
 /// The watchdog ping interval: half of `WATCHDOG_USEC`, when it is set for this process.
 pub fn watchdog_interval(pid: u32, env: impl Fn(&str) -> Option<OsString>) -> Option<Duration> {
+    watchdog_usec(pid, env).map(|usec| Duration::from_micros(usec / 2))
+}
+
+/// The watchdog timeout (`WATCHDOG_USEC`, above 0) when it applies to process `pid`:
+/// `WATCHDOG_PID` is unset or names `pid`. A hand-over passes it on to the successor
+/// without `WATCHDOG_PID`, so that the successor pings once it serves.
+pub fn watchdog_usec(pid: u32, env: impl Fn(&str) -> Option<OsString>) -> Option<u64> {
     let get = |k: &str| env(k).and_then(|v| v.into_string().ok());
     if let Some(wpid) = get("WATCHDOG_PID") {
         if wpid.parse::<u32>().ok() != Some(pid) {
@@ -161,7 +168,7 @@ pub fn watchdog_interval(pid: u32, env: impl Fn(&str) -> Option<OsString>) -> Op
         }
     }
     let usec: u64 = get("WATCHDOG_USEC")?.parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    (usec > 0).then_some(usec)
 }
 
 #[cfg(test)]
@@ -184,6 +191,19 @@ mod tests {
             None
         );
         assert_eq!(watchdog_interval(7, env(&[])), None);
+    }
+
+    #[test]
+    fn the_watchdog_timeout_is_passed_on_only_when_it_is_ours() {
+        let ours = env(&[("WATCHDOG_USEC", "30000000"), ("WATCHDOG_PID", "7")]);
+        assert_eq!(watchdog_usec(7, &ours), Some(30_000_000));
+        assert_eq!(watchdog_usec(8, &ours), None);
+        // A successor started without WATCHDOG_PID pings with the same timeout.
+        assert_eq!(
+            watchdog_interval(9, env(&[("WATCHDOG_USEC", "30000000")])),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(watchdog_usec(7, env(&[("WATCHDOG_USEC", "0")])), None);
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub enum Source {
     Environment,
     /// The built-in default.
     Default,
+    /// The service manager (sockets passed by socket activation or a restart from the fd
+    /// store).
+    Systemd,
 }
 
 impl fmt::Display for Source {
@@ -173,6 +176,7 @@ impl fmt::Display for Source {
             Source::Flag => "flag",
             Source::Environment => "environment",
             Source::Default => "default",
+            Source::Systemd => "systemd",
         })
     }
 }

@@ -184,7 +184,7 @@ impl Server {
                 serde_json::to_string(&old)
             }
             View::Stats => serde_json::to_string(&self.stats_view()),
-            View::Config => serde_json::to_string(&self.config.report),
+            View::Config => serde_json::to_string(&self.config_report()),
             View::Watch | View::Upgrade => Ok(String::new()),
         };
         json.unwrap_or_default()

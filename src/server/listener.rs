@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::token::MAX_LISTENERS;
+use super::Server;
+use crate::admin::{ConfigEntry, Source};
 
 /// The most listening sockets `-address` may produce (the C epmd's 16th socket is refused).
 pub const MAX_ADDRESS_SOCKETS: usize = MAX_LISTENERS - 1;
@@ -164,6 +166,63 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+impl Server {
+    /// Where the listening sockets came from: the service manager, or bound as `-address`
+    /// (flag or environment) or the default asked.
+    pub fn listen_source(&self) -> Source {
+        self.config.listen_source
+    }
+
+    /// The effective configuration for `admin config`: the settings as configured, plus
+    /// `listen`, the sockets actually listened on and where they came from. Under socket
+    /// activation `address` names the addresses of the passed sockets (source `systemd`),
+    /// since `-address` was not used.
+    pub fn config_report(&self) -> Vec<ConfigEntry> {
+        listen_report(
+            &self.config.report,
+            &self.local_addrs(),
+            self.config.listen_source,
+        )
+    }
+}
+
+/// `report` with the `listen` entry for the sockets `listening` from `source` (and, for
+/// sockets from systemd, `address` rewritten to their addresses).
+pub fn listen_report(
+    report: &[ConfigEntry],
+    listening: &[SocketAddr],
+    source: Source,
+) -> Vec<ConfigEntry> {
+    let mut out: Vec<ConfigEntry> = report.to_vec();
+    if source == Source::Systemd {
+        let mut ips: Vec<String> = Vec::new();
+        for a in listening {
+            let ip = a.ip().to_string();
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        for e in out.iter_mut().filter(|e| e.key == "address") {
+            e.value = ips.join(",");
+            e.source = Source::Systemd;
+        }
+    }
+    let listen = ConfigEntry {
+        key: "listen".to_owned(),
+        value: listening
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+        source,
+    };
+    match out.iter().position(|e| e.key == "address") {
+        Some(i) => out.insert(i + 1, listen),
+        None => out.push(listen),
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +236,45 @@ mod tests {
 
     fn ips(list: &[&str]) -> Vec<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn entry(key: &str, value: &str, source: Source) -> ConfigEntry {
+        ConfigEntry {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            source,
+        }
+    }
+
+    #[test]
+    fn the_report_names_the_sockets_systemd_passed() {
+        let report = [
+            entry("port", "4369", Source::Default),
+            entry("address", "0.0.0.0 ::", Source::Default),
+            entry("debug", "0", Source::Default),
+        ];
+        let passed: Vec<SocketAddr> = vec![
+            "127.0.0.1:4369".parse().unwrap(),
+            "[::1]:4369".parse().unwrap(),
+        ];
+        assert_eq!(
+            listen_report(&report, &passed, Source::Systemd),
+            [
+                entry("port", "4369", Source::Default),
+                entry("address", "127.0.0.1,::1", Source::Systemd),
+                entry("listen", "127.0.0.1:4369 [::1]:4369", Source::Systemd),
+                entry("debug", "0", Source::Default),
+            ]
+        );
+        let bound: Vec<SocketAddr> = vec!["127.0.0.1:4369".parse().unwrap()];
+        let flagged = [entry("address", "127.0.0.1", Source::Flag)];
+        assert_eq!(
+            listen_report(&flagged, &bound, Source::Flag),
+            [
+                entry("address", "127.0.0.1", Source::Flag),
+                entry("listen", "127.0.0.1:4369", Source::Flag),
+            ]
+        );
     }
 
     #[test]

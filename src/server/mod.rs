@@ -27,7 +27,7 @@ use log::{debug, info, trace, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::admin::ConfigEntry;
+use crate::admin::{ConfigEntry, Source as ConfigSource};
 use crate::protocol::tag::FIRST_READ_BYTES;
 use crate::registry::{ConnId, Limits, Registry};
 use admin::{AdminConn, AdminListener};
@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub port_please_policy: AccessPolicy,
     /// Connection caps.
     pub caps: Caps,
+    /// Where the listening sockets came from, for `admin config`.
+    pub listen_source: ConfigSource,
 }
 
 /// Bounds on open epmd connections (admin connections are not counted).

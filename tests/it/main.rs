@@ -60,3 +60,7 @@ mod exhaustion;
 
 // The non-local path from a peer in a network namespace: locality, policies, local reserve.
 mod netns;
+
+// The project's units under a real systemd 252 as PID 1 of a throwaway nspawn container:
+// activation, sandbox, Erlang nodes across reloads, restart, crash, watchdog, stop.
+mod real_systemd;
