@@ -546,6 +546,13 @@ fn usage_errors() {
         argv(&["-stop"]),
         argv(&["-stop", "a", "b"]),
         argv(&["-stop", "a", "-d"]),
+        // A bad timing value is refused before the client command runs (issue 11).
+        argv(&["-port", &port, "-packet_timeout", "0", "-names"]),
+        argv(&["-port", &port, "-delay_accept", "0", "-names"]),
+        argv(&["-port", &port, "-packet_timeout", "abc", "-names"]),
+        argv(&["-port", &port, "-delay_write", "", "-kill"]),
+        // Every occurrence is checked where it stands, even when a later one is valid.
+        argv(&["-port", "0", "-port", &port, "-names"]),
     ];
     let mut compat = Compat::default();
     let mut usage_text: Option<Vec<u8>> = None;
@@ -588,6 +595,21 @@ fn names_dump_no_nodes(kind: Kind) {
     let envs = [("ERL_EPMD_PORT", port.to_string())];
     let c = compat.both("no nodes, ERL_EPMD_PORT", &argv(&["-names"]), &envs);
     expect_c("ERL_EPMD_PORT -names", &c, &listing(port, b""), b"", 0);
+    // Flags given twice: the last value wins (issue 11).
+    let p = port.to_string();
+    let twice = argv(&["-port", "1", "-d", "-port", &p, "-packet_timeout", "1"]);
+    let args: Vec<String> = twice
+        .into_iter()
+        .chain(argv(&["-packet_timeout", "9", "-names"]))
+        .collect();
+    let c = compat.both("no nodes, repeated flags", &args, &[]);
+    expect_c(
+        "-port 1 -port P ... -names",
+        &c,
+        &listing(port, b""),
+        b"",
+        0,
+    );
     compat.finish();
 }
 
@@ -1109,4 +1131,44 @@ fn ipv6_loopback_first() {
         0,
     );
     compat.finish();
+}
+
+/// A daemon started as OTP's epmd test suite starts one (`-packet_timeout 1 -port P
+/// -packet_timeout 10`), every other flag given twice as well: it serves, as the C epmd
+/// does, instead of refusing the repeated flags (issue 11).
+#[test]
+fn repeated_flags_start_the_daemon() {
+    let mut daemon = Daemon::builder()
+        .args([
+            "-packet_timeout",
+            "1",
+            "-delay_accept",
+            "1",
+            "-delay_accept",
+            "1",
+            "-delay_write",
+            "1",
+            "-delay_write",
+            "1",
+            "-relaxed_command_check",
+            "-relaxed_command_check",
+            "-address",
+            "127.0.0.1",
+            "-address",
+            "127.0.0.1",
+            "-d",
+            "-d",
+            "-packet_timeout",
+            "10",
+        ])
+        .start();
+    let port = daemon.port();
+    let again = Command::new(BIN)
+        .args(["-port", "1", "-port", &port.to_string(), "-names"])
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .expect("run epmd-rs -names");
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    assert_eq!(again.stdout, listing(port, b""), "{again:?}");
+    assert!(daemon.is_running());
 }
