@@ -103,6 +103,16 @@ fn main() -> ExitCode {
         },
         Action::Daemon(d) => {
             match daemon::run(&d, &args, self_exe.as_deref(), |k| std::env::var_os(k)) {
+                Ok(daemon::Exit::Killed) => {
+                    // The C epmd's line, on stderr even without -d (spec §7.6).
+                    if target == logging::LogTarget::Stderr {
+                        let line = epmd_rs::epmd_log::line(epmd_rs::epmd_log::KILL_MESSAGE);
+                        let _ = std::io::stderr().write_all(line.as_bytes());
+                    } else {
+                        log::warn!("{}", epmd_rs::epmd_log::KILL_MESSAGE);
+                    }
+                    ExitCode::SUCCESS
+                }
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) if e.exit_code() == 0 && d.daemon => {
                     // `erl` runs `epmd -daemon` at every start: stay quiet, as epmd does.

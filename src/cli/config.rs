@@ -209,6 +209,21 @@ impl Config {
             }
             None => {}
         }
+        // Checked before a client command runs: the C epmd refuses `-packet_timeout 0
+        // -names` with its usage text.
+        let seconds = |v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(s) => match atoi(s) {
+                    0 => Err(ConfigError::Usage),
+                    n => Ok(Some(Duration::from_secs(u64::from(n.unsigned_abs())))),
+                },
+            }
+        };
+        let packet_timeout =
+            seconds(&cli.packet_timeout)?.unwrap_or(Duration::from_secs(DEFAULT_PACKET_TIMEOUT));
+        let delay_accept = seconds(&cli.delay_accept)?;
+        let delay_write = seconds(&cli.delay_write)?;
         let client = if cli.names {
             Some(ClientCommand::Names)
         } else if cli.dump {
@@ -234,17 +249,6 @@ impl Config {
             Some(list) => parse_address_list(&list)?,
             None => None,
         };
-        let seconds = |v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
-            match v {
-                None => Ok(None),
-                Some(s) => match atoi(s) {
-                    0 => Err(ConfigError::Usage),
-                    n => Ok(Some(Duration::from_secs(u64::from(n.unsigned_abs())))),
-                },
-            }
-        };
-        let packet_timeout =
-            seconds(&cli.packet_timeout)?.unwrap_or(Duration::from_secs(DEFAULT_PACKET_TIMEOUT));
         let relaxed_env = env("ERL_EPMD_RELAXED_COMMAND_CHECK").is_some();
         let admin_socket_source = match (&cli.admin_socket, env("EPMD_RS_ADMIN_SOCKET")) {
             (Some(p), _) if p.as_os_str() == "none" => Some((p.clone(), Source::Flag)),
@@ -299,8 +303,8 @@ impl Config {
             addresses,
             relaxed: cli.relaxed_command_check || relaxed_env,
             packet_timeout,
-            delay_accept: seconds(&cli.delay_accept)?,
-            delay_write: seconds(&cli.delay_write)?,
+            delay_accept,
+            delay_write,
             debug: cli.debug,
             daemon: cli.daemon,
             systemd: cli.systemd,
@@ -542,8 +546,8 @@ mod tests {
         let wrapped = daemon(&["-port", "70000"], &[]);
         assert_eq!((wrapped.bind_port(), wrapped.header_port()), (4464, 70000));
         assert_eq!(daemon(&[], &[("ERL_EPMD_PORT", "junk")]).bind_port(), 0);
-        assert_eq!(resolve(&["-port", "0"], &[]), Err(ConfigError::Usage));
-        assert_eq!(resolve(&["-port", "x"], &[]), Err(ConfigError::Usage));
+        assert_eq!(resolve(&["--port", "0"], &[]), Err(ConfigError::Usage));
+        assert_eq!(resolve(&["--port", "x"], &[]), Err(ConfigError::Usage));
     }
 
     #[test]
@@ -562,8 +566,17 @@ mod tests {
         assert_eq!(d.packet_timeout, Duration::from_secs(5));
         assert_eq!(d.delay_accept, Some(Duration::from_secs(1)));
         assert_eq!(d.delay_write, Some(Duration::from_secs(2)));
-        for flag in ["-packet_timeout", "-delay_accept", "-delay_write"] {
+        for flag in ["--packet-timeout", "--delay-accept", "--delay-write"] {
             assert_eq!(resolve(&[flag, "0"], &[]), Err(ConfigError::Usage));
+            // In client mode too, as the C epmd checks them before running the command.
+            assert_eq!(
+                resolve(&[flag, "0", "--names"], &[]),
+                Err(ConfigError::Usage)
+            );
+            assert_eq!(
+                resolve(&[flag, "x", "--kill"], &[]),
+                Err(ConfigError::Usage)
+            );
             assert_eq!(resolve(&[flag, "soon"], &[]), Err(ConfigError::Usage));
         }
     }

@@ -9,6 +9,8 @@
 use std::ffi::OsString;
 use std::fmt;
 
+use super::config::atoi;
+
 /// epmd would print its usage and exit 1 for these arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UsageError;
@@ -41,6 +43,11 @@ const VALUED: &[(&str, &str)] = &[
     ("-delay_accept", "--delay-accept"),
     ("-delay_write", "--delay-write"),
 ];
+
+/// Valued flags whose value the C epmd checks where it reads it, left to right: `atoi`
+/// of 0 (zero or not a number) is a usage error, even when a later occurrence would be
+/// valid and in client mode (`-packet_timeout 0 -names`).
+const NUMERIC: &[&str] = &["-port", "-packet_timeout", "-delay_accept", "-delay_write"];
 
 /// Client options without a value; each must be the last argument.
 const CLIENT: &[(&str, &str)] = &[
@@ -85,6 +92,9 @@ pub fn normalise(args: &[OsString]) -> Result<Vec<OsString>, UsageError> {
             out.push(OsString::from(long));
         } else if let Some((_, long)) = VALUED.iter().find(|(s, _)| *s == text) {
             let value = args.get(i + 1).ok_or(UsageError)?;
+            if NUMERIC.contains(&text) && atoi(&value.to_string_lossy()) == 0 {
+                return Err(UsageError);
+            }
             out.push(joined(long, value));
             i += 1;
         } else if let Some((_, long)) = CLIENT.iter().find(|(s, _)| *s == text) {
@@ -140,6 +150,7 @@ mod tests {
     fn every_valued_spelling() {
         assert_eq!(norm(&["-port", "4369"]).unwrap(), ["--port=4369"]);
         assert_eq!(norm(&["-port", "-5"]).unwrap(), ["--port=-5"]);
+        assert_eq!(norm(&["-port", "12x"]).unwrap(), ["--port=12x"]);
         assert_eq!(
             norm(&["-address", "127.0.0.1,::1"]).unwrap(),
             ["--address=127.0.0.1,::1"]
@@ -152,6 +163,18 @@ mod tests {
         assert_eq!(norm(&["-delay_write", "2"]).unwrap(), ["--delay-write=2"]);
         assert_eq!(norm(&["-port"]), Err(UsageError));
         assert_eq!(norm(&["-address"]), Err(UsageError));
+    }
+
+    #[test]
+    fn each_numeric_value_is_checked_where_it_stands() {
+        for flag in NUMERIC {
+            assert_eq!(norm(&[flag, "0", flag, "5"]), Err(UsageError), "{flag}");
+            assert_eq!(norm(&[flag, "abc", "-names"]), Err(UsageError), "{flag}");
+            assert_eq!(norm(&[flag, "", "-names"]), Err(UsageError), "{flag}");
+            assert!(norm(&[flag, "5", flag, "6", "-names"]).is_ok(), "{flag}");
+        }
+        // The C epmd never checks an address list in client mode, nor twice.
+        assert!(norm(&["-address", "junk", "-address", "junk", "-names"]).is_ok());
     }
 
     #[test]

@@ -20,7 +20,15 @@ pub const EPMD_USAGE: &[u8] = include_bytes!("usage.txt");
 /// Without a client option it runs the daemon. epmd's single-dash spellings (`-port 4369`,
 /// `-names`, `-relaxed_command_check`) are accepted too.
 #[derive(Parser, Debug, Default, PartialEq, Eq)]
-#[command(name = "epmd-rs", version, about, long_about = None)]
+// `args_override_self`: like the C epmd, a flag given again replaces its earlier value
+// (`-port 1 -port 2` is port 2); `-d` still counts up.
+#[command(
+    name = "epmd-rs",
+    version,
+    about,
+    long_about = None,
+    args_override_self = true
+)]
 pub struct Cli {
     /// Port to listen on and to query [default: $ERL_EPMD_PORT or 4369].
     #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
@@ -292,6 +300,73 @@ mod tests {
             cli(&["--names", "--kill"]),
             Err(ParseError::Clap(_))
         ));
+    }
+
+    #[test]
+    fn every_flag_may_be_repeated_and_the_last_value_wins() {
+        // OTP's epmd test suite starts `epmd -packet_timeout 1 -port 2243 -packet_timeout 10`.
+        let c = cli(&[
+            "-packet_timeout",
+            "1",
+            "-port",
+            "2243",
+            "-packet_timeout",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(c.packet_timeout.as_deref(), Some("10"));
+        assert_eq!(c.port.as_deref(), Some("2243"));
+        let c = cli(&[
+            "-port",
+            "1",
+            "-port",
+            "2",
+            "-address",
+            "127.0.0.2",
+            "-address",
+            "::1",
+            "-delay_accept",
+            "3",
+            "-delay_accept",
+            "4",
+            "-delay_write",
+            "5",
+            "-delay_write",
+            "6",
+            "-relaxed_command_check",
+            "-relaxed_command_check",
+            "-daemon",
+            "-daemon",
+            "-systemd",
+            "-systemd",
+            "-d",
+            "-debug",
+            "-d",
+        ])
+        .unwrap();
+        assert_eq!(
+            c,
+            Cli {
+                port: Some("2".into()),
+                address: Some("::1".into()),
+                debug: 3,
+                daemon: true,
+                relaxed_command_check: true,
+                delay_accept: Some("4".into()),
+                delay_write: Some("6".into()),
+                systemd: true,
+                ..Cli::default()
+            }
+        );
+        // Client mode too.
+        let c = cli(&["-port", "7", "-port", "7", "-names"]).unwrap();
+        assert!(c.names);
+        assert_eq!(c.port.as_deref(), Some("7"));
+        let c = cli(&["--port", "7", "--port=8", "--stop", "x"]).unwrap();
+        assert_eq!(
+            (c.port.as_deref(), c.stop.as_deref()),
+            (Some("8"), Some("x"))
+        );
     }
 
     #[test]

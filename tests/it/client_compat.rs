@@ -546,6 +546,13 @@ fn usage_errors() {
         argv(&["-stop"]),
         argv(&["-stop", "a", "b"]),
         argv(&["-stop", "a", "-d"]),
+        // A bad timing value is refused before the client command runs (issue 11).
+        argv(&["-port", &port, "-packet_timeout", "0", "-names"]),
+        argv(&["-port", &port, "-delay_accept", "0", "-names"]),
+        argv(&["-port", &port, "-packet_timeout", "abc", "-names"]),
+        argv(&["-port", &port, "-delay_write", "", "-kill"]),
+        // Every occurrence is checked where it stands, even when a later one is valid.
+        argv(&["-port", "0", "-port", &port, "-names"]),
     ];
     let mut compat = Compat::default();
     let mut usage_text: Option<Vec<u8>> = None;
@@ -588,6 +595,21 @@ fn names_dump_no_nodes(kind: Kind) {
     let envs = [("ERL_EPMD_PORT", port.to_string())];
     let c = compat.both("no nodes, ERL_EPMD_PORT", &argv(&["-names"]), &envs);
     expect_c("ERL_EPMD_PORT -names", &c, &listing(port, b""), b"", 0);
+    // Flags given twice: the last value wins (issue 11).
+    let p = port.to_string();
+    let twice = argv(&["-port", "1", "-d", "-port", &p, "-packet_timeout", "1"]);
+    let args: Vec<String> = twice
+        .into_iter()
+        .chain(argv(&["-packet_timeout", "9", "-names"]))
+        .collect();
+    let c = compat.both("no nodes, repeated flags", &args, &[]);
+    expect_c(
+        "-port 1 -port P ... -names",
+        &c,
+        &listing(port, b""),
+        b"",
+        0,
+    );
     compat.finish();
 }
 
@@ -1109,4 +1131,191 @@ fn ipv6_loopback_first() {
         0,
     );
     compat.finish();
+}
+
+/// A daemon started as OTP's epmd test suite starts one (`-packet_timeout 1 -port P
+/// -packet_timeout 10`), every other flag given twice as well: it serves, as the C epmd
+/// does, instead of refusing the repeated flags (issue 11).
+#[test]
+fn repeated_flags_start_the_daemon() {
+    let mut daemon = Daemon::builder()
+        .args([
+            "-packet_timeout",
+            "1",
+            "-delay_accept",
+            "1",
+            "-delay_accept",
+            "1",
+            "-delay_write",
+            "1",
+            "-delay_write",
+            "1",
+            "-relaxed_command_check",
+            "-relaxed_command_check",
+            "-address",
+            "127.0.0.1",
+            "-address",
+            "127.0.0.1",
+            "-d",
+            "-d",
+            "-packet_timeout",
+            "10",
+        ])
+        .start();
+    let port = daemon.port();
+    let again = Command::new(BIN)
+        .args(["-port", "1", "-port", &port.to_string(), "-names"])
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .expect("run epmd-rs -names");
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    assert_eq!(again.stdout, listing(port, b""), "{again:?}");
+    assert!(daemon.is_running());
+}
+
+/// A daemon (`program`: the C epmd or ours) in the foreground on a free port with
+/// `-address 127.0.0.1`, the given environment and stderr to a file; killed by PID on drop.
+struct LoggingDaemon {
+    child: Child,
+    port: u16,
+    stderr_path: PathBuf,
+}
+
+impl LoggingDaemon {
+    fn start(program: &Path, envs: &[(&str, &str)]) -> LoggingDaemon {
+        let port = free_port();
+        let stderr_path = tmp::unique_path("kill-log.stderr");
+        let mut cmd = Command::new(program);
+        for var in EPMD_ENV_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.args(["-port", &port.to_string(), "-address", "127.0.0.1"])
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(tmp::create_log(&stderr_path));
+        let child = cmd.spawn().expect("spawn a daemon");
+        let mut d = LoggingDaemon {
+            child,
+            port,
+            stderr_path,
+        };
+        // Ready when it holds the listener (from /proc): a probing connect would make the
+        // C epmd log `got partial packet only` and spoil the comparison.
+        let pid = d.child.id();
+        assert!(
+            poll_true(READY_TIMEOUT, || matches!(d.child.try_wait(), Ok(None))
+                && procnet::listen_addrs_of(pid)
+                    .iter()
+                    .any(|a| a.port() == port && a.ip().is_loopback())),
+            "{} did not listen on {port}",
+            program.display()
+        );
+        d
+    }
+
+    /// stderr with the C epmd's `ctime` stamps replaced by `<ctime>`.
+    fn stderr_normalised(&self) -> String {
+        normalise_ctime(&tmp::read_lossy(&self.stderr_path))
+    }
+}
+
+impl Drop for LoggingDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Replaces each `epmd: <24-character ctime>: ` stamp with `epmd: <ctime>: `, checking
+/// that the stamp has ctime's shape (`Sat Nov 28 02:23:41 2026`).
+fn normalise_ctime(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_prefix("epmd: ") {
+            Some(rest) if rest.len() > 26 && &rest.as_bytes()[24..26] == b": " => {
+                let stamp = &rest.as_bytes()[..24];
+                let shaped = stamp[3] == b' '
+                    && stamp[7] == b' '
+                    && stamp[13] == b':'
+                    && stamp[16] == b':'
+                    && stamp[19] == b' '
+                    && stamp[20..].iter().all(u8::is_ascii_digit);
+                if shaped {
+                    format!("epmd: <ctime>{}", &rest[24..])
+                } else {
+                    line.to_owned()
+                }
+            }
+            _ => line.to_owned(),
+        })
+        .collect()
+}
+
+/// An honoured KILL prints `epmd: <ctime>: got KILL_REQ - terminates normal\r\n` on
+/// stderr, as the C epmd does, also when the relaxed check comes from
+/// `ERL_EPMD_RELAXED_COMMAND_CHECK` set to any value; a refused KILL prints nothing
+/// (issue 11). Both daemons run each case; stderr is compared byte for byte after the
+/// timestamp.
+#[test]
+fn kill_log_line() {
+    let expected = "epmd: <ctime>: got KILL_REQ - terminates normal\r\n";
+    let c_path = c_epmd_path();
+    let ours_path = PathBuf::from(BIN);
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+    let cases: [Case; 4] = [
+        ("no nodes", &[], false),
+        (
+            "relaxed env empty, a node",
+            &[("ERL_EPMD_RELAXED_COMMAND_CHECK", "")],
+            true,
+        ),
+        (
+            "relaxed env junk, a node",
+            &[("ERL_EPMD_RELAXED_COMMAND_CHECK", "no")],
+            true,
+        ),
+        ("strict, a node (refused)", &[], true),
+    ];
+    for (what, envs, with_node) in cases {
+        let mut outputs = Vec::new();
+        for program in [&c_path, &ours_path] {
+            let mut d = LoggingDaemon::start(program, envs);
+            let _node = with_node.then(|| register(d.port, "alive", 5000));
+            let kill = our_client(&on_port(d.port, &["-kill"]), &[]);
+            let honoured = kill.stdout == b"Killed\n";
+            if honoured {
+                assert!(
+                    d_wait(&mut d.child).is_some(),
+                    "{what}: {} still running after KILL",
+                    program.display()
+                );
+            } else {
+                // Refused: the daemon keeps running; give a log line time to appear.
+                assert!(matches!(d.child.try_wait(), Ok(None)), "{what}");
+                let _ = raw::names(d.port);
+            }
+            outputs.push((honoured, d.stderr_normalised()));
+        }
+        let (c_honoured, c_stderr) = &outputs[0];
+        let (honoured, stderr) = &outputs[1];
+        assert_eq!(
+            c_honoured, honoured,
+            "{what}: KILL honoured, C epmd vs epmd-rs"
+        );
+        if *honoured {
+            assert_eq!(c_stderr, expected, "{what}: the C epmd");
+            assert_eq!(stderr, expected, "{what}: epmd-rs");
+        } else {
+            // The C epmd's other level-0 lines (`Disallowed KILL_REQ, live nodes`) are
+            // log lines in epmd-rs's own format (docs/PROTOCOL.md); no KILL line here.
+            assert!(!c_stderr.contains("got KILL_REQ"), "{what}: {c_stderr:?}");
+            assert!(!stderr.contains("got KILL_REQ"), "{what}: {stderr:?}");
+        }
+    }
+}
+
+/// Waits (bounded) for `child` to exit.
+fn d_wait(child: &mut Child) -> Option<ExitStatus> {
+    poll_until(EXIT_TIMEOUT, || child.try_wait().ok().flatten())
 }
