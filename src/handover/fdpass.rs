@@ -44,6 +44,55 @@ fn cmsg_space(n: usize) -> usize {
     unsafe { libc::CMSG_SPACE((n * mem::size_of::<RawFd>()) as u32) as usize }
 }
 
+/// A control-message buffer for `sendmsg`/`recvmsg`, aligned for `cmsghdr` by its element
+/// type (the kernel and the `CMSG_*` macros read it as `cmsghdr`; a `Vec<u8>` has no such
+/// guarantee).
+#[derive(Debug)]
+pub struct ControlBuf {
+    hdrs: Vec<libc::cmsghdr>,
+    len: usize,
+}
+
+impl ControlBuf {
+    /// A zeroed buffer of `len` bytes (rounded up to whole headers in storage).
+    pub fn with_len(len: usize) -> ControlBuf {
+        let count = len.div_ceil(mem::size_of::<libc::cmsghdr>());
+        // SAFETY: cmsghdr is plain data, valid when zeroed.
+        let hdrs = (0..count).map(|_| unsafe { mem::zeroed() }).collect();
+        ControlBuf { hdrs, len }
+    }
+
+    /// A buffer with room for one SCM_RIGHTS message of `fds` fds.
+    pub fn for_fds(fds: usize) -> ControlBuf {
+        ControlBuf::with_len(cmsg_space(fds))
+    }
+
+    /// The usable length in bytes (`msg_controllen`).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no room at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The start of the buffer (`msg_control`), aligned for `cmsghdr`.
+    pub fn as_mut_ptr(&mut self) -> *mut libc::c_void {
+        self.hdrs.as_mut_ptr().cast()
+    }
+}
+
+/// Checks, in debug builds, that a control-message header the `CMSG_*` macros returned is
+/// aligned for `cmsghdr` before it is dereferenced.
+fn debug_check_aligned(cmsg: *const libc::cmsghdr) {
+    debug_assert_eq!(
+        cmsg as usize % mem::align_of::<libc::cmsghdr>(),
+        0,
+        "misaligned cmsghdr"
+    );
+}
+
 /// Sends `payload` with `fds` attached (SCM_RIGHTS) on the connected socket `sock`, in one
 /// `sendmsg` (at most [`BATCH`] fds).
 pub fn send_with_fds(sock: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
@@ -52,16 +101,18 @@ pub fn send_with_fds(sock: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<(
         iov_base: payload.as_ptr() as *mut libc::c_void,
         iov_len: payload.len(),
     };
-    let mut control = vec![0u8; cmsg_space(fds.len())];
+    let mut control = ControlBuf::for_fds(fds.len());
     // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_control = control.as_mut_ptr();
     msg.msg_controllen = control.len() as _;
-    // SAFETY: the control buffer has room for one header with fds.len() fds.
+    // SAFETY: the control buffer is aligned for cmsghdr and has room for one header with
+    // fds.len() fds.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        debug_check_aligned(cmsg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of_val(fds) as u32) as _;
@@ -95,12 +146,12 @@ fn recv_batch(sock: &UnixStream) -> io::Result<Vec<OwnedFd>> {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    let mut control = vec![0u8; cmsg_space(BATCH)];
+    let mut control = ControlBuf::for_fds(BATCH);
     // SAFETY: msghdr is plain data; every pointer set below outlives the recvmsg call.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_control = control.as_mut_ptr();
     msg.msg_controllen = control.len() as _;
     let n = loop {
         // SAFETY: msg points at live buffers of the sizes it declares.
@@ -118,6 +169,7 @@ fn recv_batch(sock: &UnixStream) -> io::Result<Vec<OwnedFd>> {
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
+            debug_check_aligned(cmsg);
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(cmsg);
                 let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
@@ -158,5 +210,40 @@ mod tests {
         let mut buf = [0u8; 1];
         (&pipes[17].1).read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"x");
+    }
+
+    #[test]
+    fn control_buffers_are_aligned_for_cmsghdr_at_every_size() {
+        for n in 0..=BATCH {
+            let mut buf = ControlBuf::for_fds(n);
+            assert!(buf.len() >= cmsg_space(n));
+            assert_eq!(
+                buf.as_mut_ptr() as usize % mem::align_of::<libc::cmsghdr>(),
+                0,
+                "{n} fds"
+            );
+        }
+    }
+
+    /// Full batches, one fd short of one and one over: every fd arrives, in order (each
+    /// received fd is the same socket as the one sent at its index).
+    #[test]
+    fn many_fds_arrive_in_order_across_batch_boundaries() {
+        for count in [1, BATCH - 1, BATCH, BATCH + 1, 3 * BATCH] {
+            let (a, b) = UnixStream::pair().unwrap();
+            let pipes: Vec<(UnixStream, UnixStream)> =
+                (0..count).map(|_| UnixStream::pair().unwrap()).collect();
+            let raw: Vec<RawFd> = pipes.iter().map(|(x, _)| x.as_raw_fd()).collect();
+            send_fds(&a, &raw).unwrap();
+            let got = recv_fds(&b, count).unwrap();
+            assert_eq!(got.len(), count);
+            for (i, fd) in got.into_iter().enumerate() {
+                let mut s = UnixStream::from(fd);
+                s.write_all(&[i as u8]).unwrap();
+                let mut byte = [0u8; 1];
+                (&pipes[i].1).read_exact(&mut byte).unwrap();
+                assert_eq!(byte[0], i as u8, "fd {i} of {count}");
+            }
+        }
     }
 }

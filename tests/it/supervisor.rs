@@ -25,6 +25,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use epmd_rs::handover::fdpass::ControlBuf;
+
 use crate::support::daemon::{BIN, EPMD_ENV_VARS};
 use crate::support::tmp;
 
@@ -233,12 +235,13 @@ impl Supervisor {
             libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * mem::size_of::<RawFd>()) as u32) as usize
                 + libc::CMSG_SPACE(mem::size_of::<libc::ucred>() as u32) as usize
         };
-        let mut control = vec![0u8; space];
+        // Aligned for cmsghdr, which the CMSG_* macros read it as.
+        let mut control = ControlBuf::with_len(space);
         // SAFETY: msghdr is plain data; the pointers set below outlive the recvmsg call.
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_control = control.as_mut_ptr();
         msg.msg_controllen = control.len() as _;
         // SAFETY: msg points at live buffers of the sizes it declares.
         let n = unsafe { libc::recvmsg(self.notify.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (or the ones named) with libFuzzer for SECONDS each, on the stable
+# toolchain: no nightly and no cargo-fuzz. The targets are built the way cargo-fuzz builds
+# them with `--sanitizer none` (SanitizerCoverage through -Cpasses/-Cllvm-args, which stable
+# rustc accepts; libfuzzer-sys compiles libFuzzer with the C++ compiler), then each binary is
+# run directly.
+#
+#   fuzz/run.sh SECONDS [TARGET...]
+#
+# New inputs go to $FUZZ_WORK_CORPUS/<target> (default fuzz/work-corpus/, ignored by git);
+# the committed seeds in fuzz/corpus/ are only read. A crash stops the run (exit 1) and
+# leaves its input in fuzz/artifacts/<target>/.
+#
+# FUZZ_FALLBACK=1 (CI): if the targets cannot be built (no C++ compiler, say), say so and
+# run the fuzz bodies in-process instead (`cargo test --lib fuzzing::`: the committed corpus
+# and a bounded pseudo-random loop), so the step still checks the oracles.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+seconds=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
+shift
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+	targets=(decode_frame decode_request roundtrip session state)
+fi
+cargo=${CARGO:-cargo}
+work=${FUZZ_WORK_CORPUS:-work-corpus}
+host=$($cargo --version >/dev/null && rustc -vV | sed -n 's/^host: //p')
+
+# The flags cargo-fuzz passes for `--sanitizer none` (coverage counters, the PC table and
+# comparison tracing that libFuzzer feeds on; `cfg(fuzzing)`; debug assertions and
+# overflow checks so arithmetic bugs panic).
+flags="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4"
+flags+=" -Cllvm-args=-sanitizer-coverage-inline-8bit-counters"
+flags+=" -Cllvm-args=-sanitizer-coverage-pc-table"
+flags+=" -Cllvm-args=-sanitizer-coverage-trace-compares"
+flags+=" --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
+
+# --target: the flags apply to the targets only, not to build scripts.
+if ! RUSTFLAGS="$flags" $cargo build --locked --release --target "$host" --bins; then
+	if [ "${FUZZ_FALLBACK:-0}" = 1 ]; then
+		echo "fuzz: the libFuzzer targets could not be built (see above);" \
+			"running the fuzz bodies in-process instead (cargo test --lib fuzzing::)" >&2
+		cd .. && exec $cargo test --locked --lib fuzzing::
+	fi
+	exit 1
+fi
+
+summary=()
+for t in "${targets[@]}"; do
+	mkdir -p "$work/$t" "artifacts/$t"
+	log=$(mktemp)
+	# -max_total_time ends the run; the timeout is a guard against a hung target.
+	if ! timeout $((seconds + 60)) "target/$host/release/$t" "$work/$t" "corpus/$t" \
+		-max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
+		2>&1 | tee "$log"; then
+		echo "fuzz: target $t FAILED; its input is in fuzz/artifacts/$t/" >&2
+		rm -f "$log"
+		exit 1
+	fi
+	runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+	rm -f "$log"
+	summary+=("fuzz $t: ${runs:-?} executions in ${seconds} s, no failure")
+done
+printf '%s\n' "${summary[@]}"
