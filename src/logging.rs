@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use log::LevelFilter;
@@ -132,7 +133,18 @@ impl Write for FileSink {
     }
 }
 
-/// Sends each formatted record as one datagram to `/dev/log`.
+/// Log lines dropped because syslog could not take them at once.
+static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// How many log lines were dropped because syslog could not take them at once (its queue
+/// was full, or it was gone).
+pub fn dropped_lines() -> u64 {
+    DROPPED_LINES.load(Ordering::Relaxed)
+}
+
+/// Sends each formatted record as one datagram to `/dev/log`, never waiting: the daemon's
+/// loop logs, and a syslog that does not read must not stop it. A datagram that cannot be
+/// sent at once is dropped and counted ([`dropped_lines`]).
 struct SyslogSink {
     socket: UnixDatagram,
     pending: Vec<u8>,
@@ -140,8 +152,13 @@ struct SyslogSink {
 
 impl SyslogSink {
     fn connect() -> io::Result<SyslogSink> {
+        SyslogSink::connect_to(Path::new("/dev/log"))
+    }
+
+    fn connect_to(path: &Path) -> io::Result<SyslogSink> {
         let socket = UnixDatagram::unbound()?;
-        socket.connect("/dev/log")?;
+        socket.connect(path)?;
+        socket.set_nonblocking(true)?;
         Ok(SyslogSink {
             socket,
             pending: Vec::new(),
@@ -157,10 +174,48 @@ impl Write for SyslogSink {
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.pending.is_empty() {
-            // A lost log line must not stop the daemon.
-            let _ = self.socket.send(&self.pending);
+            // A lost log line must not stop the daemon: EAGAIN (syslog's queue is full)
+            // and any other error drop the line.
+            if self.socket.send(&self.pending).is_err() {
+                DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+            }
             self.pending.clear();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A syslog that never reads: once its queue is full, every line is dropped and
+    /// counted at once instead of blocking the writer.
+    #[test]
+    fn a_syslog_that_does_not_read_never_blocks() {
+        let dir = std::env::temp_dir().join(format!("epmd-rs-syslog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.sock");
+        let _ = std::fs::remove_file(&path);
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let mut sink = SyslogSink::connect_to(&path).unwrap();
+        let before = dropped_lines();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Far more datagrams than a Unix datagram queue holds.
+            for i in 0..2000 {
+                let _ = write!(sink, "<28>epmd-rs[1]: line {i}");
+                let _ = sink.flush();
+            }
+            let _ = done_tx.send(());
+        });
+        let finished = done_rx.recv_timeout(Duration::from_secs(20)).is_ok();
+        drop(receiver);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(finished, "logging blocked on a syslog that does not read");
+        assert!(dropped_lines() > before, "no line was counted as dropped");
     }
 }

@@ -354,6 +354,7 @@ impl Server {
             self.watchdog.map(|(_, next)| next),
             self.status_due,
             self.fdstore.as_ref().and_then(|s| s.next_flush()),
+            self.next_admin_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -765,6 +766,7 @@ impl Server {
             self.send_status();
         }
         self.flush_fd_store();
+        self.expire_admin(now);
         if self.notifier.is_some()
             && self.status_due.is_none()
             && self.last_status_count != Some(self.registry.len())
