@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,15 +91,19 @@ pub fn init(debug: u8, target: &LogTarget) -> io::Result<()> {
 }
 
 /// Where `-daemon` logs when there is no syslog and no `--log-file`:
-/// `/var/log/epmd-rs.log` for root, `$TMPDIR/epmd-rs-UID.log` otherwise.
-pub fn fallback_log_file() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
-        PathBuf::from("/var/log/epmd-rs.log")
-    } else {
-        std::env::temp_dir().join(format!("epmd-rs-{uid}.log"))
+/// `/var/log/epmd-rs.log` for root, `$XDG_RUNTIME_DIR/epmd-rs.log` (a directory only the
+/// user may write) otherwise; `None` for a user without `XDG_RUNTIME_DIR` (then the log
+/// goes to stderr): never a predictable name in a shared directory such as `/tmp`.
+pub fn fallback_log_file(
+    is_root: bool,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    if is_root {
+        return Some(PathBuf::from("/var/log/epmd-rs.log"));
     }
+    env("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("epmd-rs.log"))
 }
 
 /// Reopens the log file at its path (after logrotate moved it); a no-op for other targets.
@@ -112,8 +117,14 @@ pub fn reopen() {
     }
 }
 
+/// Opens the log file for appending, never through a symlink (`O_NOFOLLOW`; std opens
+/// every file close-on-exec).
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Writes to the current log file.
@@ -191,6 +202,38 @@ mod tests {
 
     use std::sync::mpsc;
     use std::time::Duration;
+
+    /// The log file is never opened through a symlink: the link's target is untouched.
+    #[test]
+    fn the_log_file_is_not_opened_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("epmd-rs-logsym-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("target");
+        std::fs::write(&target, b"precious\n").unwrap();
+        let link = dir.join("epmd.log");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let opened = open_append(&link);
+        let kept = std::fs::read(&target).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(opened.is_err(), "opened the log file through a symlink");
+        assert_eq!(kept, b"precious\n");
+    }
+
+    /// The fallback log of a user is in its private runtime directory, never in `/tmp`.
+    #[test]
+    fn the_fallback_log_is_never_a_shared_directory_name() {
+        use crate::test_env::fake_env as env;
+        assert_eq!(
+            fallback_log_file(false, env(&[("XDG_RUNTIME_DIR", "/run/user/1000")])),
+            Some(PathBuf::from("/run/user/1000/epmd-rs.log"))
+        );
+        assert_eq!(fallback_log_file(false, env(&[("TMPDIR", "/tmp")])), None);
+        assert_eq!(
+            fallback_log_file(true, env(&[])),
+            Some(PathBuf::from("/var/log/epmd-rs.log"))
+        );
+    }
 
     /// A syslog that never reads: once its queue is full, every line is dropped and
     /// counted at once instead of blocking the writer.

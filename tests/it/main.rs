@@ -40,6 +40,9 @@ mod systemd;
 // -daemon: returns once serving, pid file, a second -daemon, log file and SIGHUP.
 mod daemonize;
 
+// Pid and log files never opened through a symlink; a user's fallback log is private.
+mod file_safety;
+
 // make install/uninstall into a DESTDIR, and install-as-epmd with a real erl.
 mod install;
 
