@@ -66,6 +66,9 @@ pub fn run(
         if let Some(n) = config.max_connections_per_source {
             caps.max_per_source = n;
         }
+        if let Some(bits) = config.ipv6_source_prefix {
+            caps.ipv6_source_prefix = bits;
+        }
         caps
     };
     // A first estimate; fitted to the fds actually open once everything is set up.

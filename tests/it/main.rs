@@ -63,3 +63,6 @@ mod exhaustion;
 
 // The non-local path from a peer in a network namespace: locality, policies, local reserve.
 mod netns;
+
+// The per-source cap counts an IPv6 /64 as one source (a namespace with IPv6 addresses).
+mod netns_v6;
