@@ -67,6 +67,9 @@ pub fn run(
         if let Some(n) = config.max_connections_per_source {
             caps.max_per_source = n;
         }
+        if let Some(bits) = config.ipv6_source_prefix {
+            caps.ipv6_source_prefix = bits;
+        }
         caps
     };
     // A first estimate; fitted to the fds actually open once everything is set up.
@@ -466,11 +469,20 @@ fn detach(pid_file: Option<&Path>) -> Result<bool, Error> {
     }
 }
 
+/// Writes our pid to `path`, never through a symlink (`O_NOFOLLOW`; close-on-exec).
 fn write_pid_file(path: &Path) -> Result<(), Error> {
-    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| Error::Io {
-        context: "cannot write the pid file",
-        source,
-    })
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(|source| Error::Io {
+            context: "cannot write the pid file",
+            source,
+        })
 }
 
 /// How many fds this process has open (not counting the one listing them).

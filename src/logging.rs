@@ -8,8 +8,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use log::LevelFilter;
@@ -117,15 +119,19 @@ fn stderr_is_journal(journal_stream: Option<std::ffi::OsString>) -> bool {
 }
 
 /// Where `-daemon` logs when there is no syslog and no `--log-file`:
-/// `/var/log/epmd-rs.log` for root, `$TMPDIR/epmd-rs-UID.log` otherwise.
-pub fn fallback_log_file() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
-        PathBuf::from("/var/log/epmd-rs.log")
-    } else {
-        std::env::temp_dir().join(format!("epmd-rs-{uid}.log"))
+/// `/var/log/epmd-rs.log` for root, `$XDG_RUNTIME_DIR/epmd-rs.log` (a directory only the
+/// user may write) otherwise; `None` for a user without `XDG_RUNTIME_DIR` (then the log
+/// goes to stderr): never a predictable name in a shared directory such as `/tmp`.
+pub fn fallback_log_file(
+    is_root: bool,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    if is_root {
+        return Some(PathBuf::from("/var/log/epmd-rs.log"));
     }
+    env("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("epmd-rs.log"))
 }
 
 /// Reopens the log file at its path (after logrotate moved it); a no-op for other targets.
@@ -139,8 +145,14 @@ pub fn reopen() {
     }
 }
 
+/// Opens the log file for appending, never through a symlink (`O_NOFOLLOW`; std opens
+/// every file close-on-exec).
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Writes to the current log file.
@@ -160,7 +172,18 @@ impl Write for FileSink {
     }
 }
 
-/// Sends each formatted record as one datagram to `/dev/log`.
+/// Log lines dropped because syslog could not take them at once.
+static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// How many log lines were dropped because syslog could not take them at once (its queue
+/// was full, or it was gone).
+pub fn dropped_lines() -> u64 {
+    DROPPED_LINES.load(Ordering::Relaxed)
+}
+
+/// Sends each formatted record as one datagram to `/dev/log`, never waiting: the daemon's
+/// loop logs, and a syslog that does not read must not stop it. A datagram that cannot be
+/// sent at once is dropped and counted ([`dropped_lines`]).
 struct SyslogSink {
     socket: UnixDatagram,
     pending: Vec<u8>,
@@ -168,8 +191,13 @@ struct SyslogSink {
 
 impl SyslogSink {
     fn connect() -> io::Result<SyslogSink> {
+        SyslogSink::connect_to(Path::new("/dev/log"))
+    }
+
+    fn connect_to(path: &Path) -> io::Result<SyslogSink> {
         let socket = UnixDatagram::unbound()?;
-        socket.connect("/dev/log")?;
+        socket.connect(path)?;
+        socket.set_nonblocking(true)?;
         Ok(SyslogSink {
             socket,
             pending: Vec::new(),
@@ -185,8 +213,11 @@ impl Write for SyslogSink {
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.pending.is_empty() {
-            // A lost log line must not stop the daemon.
-            let _ = self.socket.send(&self.pending);
+            // A lost log line must not stop the daemon: EAGAIN (syslog's queue is full)
+            // and any other error drop the line.
+            if self.socket.send(&self.pending).is_err() {
+                DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+            }
             self.pending.clear();
         }
         Ok(())
@@ -196,6 +227,68 @@ impl Write for SyslogSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// The log file is never opened through a symlink: the link's target is untouched.
+    #[test]
+    fn the_log_file_is_not_opened_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("epmd-rs-logsym-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("target");
+        std::fs::write(&target, b"precious\n").unwrap();
+        let link = dir.join("epmd.log");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let opened = open_append(&link);
+        let kept = std::fs::read(&target).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(opened.is_err(), "opened the log file through a symlink");
+        assert_eq!(kept, b"precious\n");
+    }
+
+    /// The fallback log of a user is in its private runtime directory, never in `/tmp`.
+    #[test]
+    fn the_fallback_log_is_never_a_shared_directory_name() {
+        use crate::test_env::fake_env as env;
+        assert_eq!(
+            fallback_log_file(false, env(&[("XDG_RUNTIME_DIR", "/run/user/1000")])),
+            Some(PathBuf::from("/run/user/1000/epmd-rs.log"))
+        );
+        assert_eq!(fallback_log_file(false, env(&[("TMPDIR", "/tmp")])), None);
+        assert_eq!(
+            fallback_log_file(true, env(&[])),
+            Some(PathBuf::from("/var/log/epmd-rs.log"))
+        );
+    }
+
+    /// A syslog that never reads: once its queue is full, every line is dropped and
+    /// counted at once instead of blocking the writer.
+    #[test]
+    fn a_syslog_that_does_not_read_never_blocks() {
+        let dir = std::env::temp_dir().join(format!("epmd-rs-syslog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.sock");
+        let _ = std::fs::remove_file(&path);
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let mut sink = SyslogSink::connect_to(&path).unwrap();
+        let before = dropped_lines();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Far more datagrams than a Unix datagram queue holds.
+            for i in 0..2000 {
+                let _ = write!(sink, "<28>epmd-rs[1]: line {i}");
+                let _ = sink.flush();
+            }
+            let _ = done_tx.send(());
+        });
+        let finished = done_rx.recv_timeout(Duration::from_secs(20)).is_ok();
+        drop(receiver);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(finished, "logging blocked on a syslog that does not read");
+        assert!(dropped_lines() > before, "no line was counted as dropped");
+    }
 
     #[test]
     fn journal_stream_must_name_our_stderr() {

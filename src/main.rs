@@ -39,13 +39,14 @@ fn main() -> ExitCode {
         Err(e) if target == logging::LogTarget::Syslog => {
             // No syslog here (a container, say): still start, as erl needs an epmd, and
             // log to a file rather than to nowhere.
-            let fallback = logging::fallback_log_file();
-            match logging::init(config.debug, &logging::LogTarget::File(fallback.clone())) {
-                Ok(()) => log::info!(
-                    "syslog unavailable ({e}): logging to {}",
-                    fallback.display()
-                ),
-                Err(_) => {
+            let is_root = epmd_rs::admin::socket_path::running_as_root();
+            let fallback = logging::fallback_log_file(is_root, |k| std::env::var_os(k));
+            let opened = fallback.as_ref().map(|f| {
+                logging::init(config.debug, &logging::LogTarget::File(f.clone())).map(|()| f)
+            });
+            match opened {
+                Some(Ok(f)) => log::info!("syslog unavailable ({e}): logging to {}", f.display()),
+                _ => {
                     let _ = logging::init(config.debug, &logging::LogTarget::Stderr);
                 }
             }

@@ -149,6 +149,15 @@ pub struct StatsView {
     /// NAMES / PORT_PLEASE2 requests refused by an access policy.
     #[serde(default)]
     pub policy_refusals: u64,
+    /// Admin connections closed at once because the admin connection cap was reached.
+    #[serde(default)]
+    pub admin_capped: u64,
+    /// Admin connections closed at their deadline (no request, or an answer not read).
+    #[serde(default)]
+    pub admin_timeouts: u64,
+    /// Log lines dropped because syslog could not take them at once.
+    #[serde(default)]
+    pub log_lines_dropped: u64,
     /// Bytes read from epmd clients.
     pub bytes_in: u64,
     /// Bytes written to epmd clients.

@@ -104,6 +104,8 @@ pub struct DaemonConfig {
     pub max_connections: Option<usize>,
     /// `--max-connections-per-source`.
     pub max_connections_per_source: Option<usize>,
+    /// `--ipv6-source-prefix` (default 64).
+    pub ipv6_source_prefix: Option<u8>,
     /// Keep registrations in systemd's fd store.
     pub fd_store: bool,
 }
@@ -298,6 +300,23 @@ impl Config {
             cli.max_connections_per_source,
             "EPMD_RS_MAX_CONNECTIONS_PER_SOURCE",
         )?;
+        let ipv6_prefix = count(
+            "ipv6-source-prefix",
+            cli.ipv6_source_prefix,
+            "EPMD_RS_IPV6_SOURCE_PREFIX",
+        )?;
+        let ipv6_prefix = match ipv6_prefix {
+            Some((n, src)) => match u8::try_from(n) {
+                Ok(bits) if bits <= 128 => Some((bits, src)),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "ipv6-source-prefix",
+                        value: n.to_string(),
+                    })
+                }
+            },
+            None => None,
+        };
         let mut daemon = DaemonConfig {
             configured_port: port,
             addresses,
@@ -318,6 +337,7 @@ impl Config {
             port_please_policy: policy("port-please-allow", &port_please_allow)?,
             max_connections: max_connections.map(|(n, _)| n),
             max_connections_per_source: max_per_source.map(|(n, _)| n),
+            ipv6_source_prefix: ipv6_prefix.map(|(n, _)| n),
             fd_store: cli.fd_store || env("FDSTORE").is_some(),
         };
         let shown = |v: &Option<(String, Source)>| match v {
@@ -332,6 +352,7 @@ impl Config {
         let (lookup_text, lookup_src) = shown(&port_please_allow);
         let (max_text, max_src) = shown_count(max_connections, "fd limit - 32");
         let (per_text, per_src) = shown_count(max_per_source, "1024");
+        let (v6_text, v6_src) = shown_count(ipv6_prefix.map(|(n, s)| (usize::from(n), s)), "64");
         let flag_or_env = |flag: bool, var: &str| {
             if flag {
                 Source::Flag
@@ -419,6 +440,7 @@ impl Config {
             entry("port-please-allow", lookup_text, lookup_src),
             entry("max-connections", max_text, max_src),
             entry("max-connections-per-source", per_text, per_src),
+            entry("ipv6-source-prefix", v6_text, v6_src),
             entry(
                 "pid-file",
                 cli.pid_file

@@ -121,6 +121,12 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_connections_per_source: Option<usize>,
 
+    /// IPv6 peers in one network of this prefix length count as one source for
+    /// --max-connections-per-source; 128 counts exact addresses [default: 64; env:
+    /// EPMD_RS_IPV6_SOURCE_PREFIX].
+    #[arg(long, value_name = "BITS")]
+    pub ipv6_source_prefix: Option<usize>,
+
     /// Keep registrations in systemd's file-descriptor store, so that they survive
     /// `systemctl restart` and crashes (needs `FileDescriptorStoreMax=` in the unit; on by
     /// itself when systemd sets $FDSTORE).

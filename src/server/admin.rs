@@ -19,6 +19,14 @@ use crate::admin::MAX_REQUEST_LINE;
 /// The most bytes a `watch` client may leave unread before it is dropped.
 pub const MAX_WATCH_BACKLOG: usize = 1 << 20;
 
+/// The most admin connections open at once (`watch` clients included); one more is closed
+/// at once.
+pub const MAX_ADMIN_CONNECTIONS: usize = 16;
+
+/// How long an admin client has, from its connection, to send its request and read the
+/// answer (`watch` clients excepted, as they stay by design).
+pub const ADMIN_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Whether a peer with `uid` may ask for `upgrade`: root, or the daemon's own user. The
 /// admin group may only read the views.
 pub fn may_upgrade(uid: Option<u32>) -> bool {
@@ -40,6 +48,8 @@ pub struct AdminConn {
     pub watching: bool,
     /// Close once the output is flushed.
     pub close_after_flush: bool,
+    /// When the connection is closed unless it is done (`None` for a watcher).
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// What reading an admin connection produced.
@@ -64,6 +74,7 @@ impl AdminConn {
             tx_pos: 0,
             watching: false,
             close_after_flush: false,
+            deadline: Some(std::time::Instant::now() + ADMIN_REQUEST_TIMEOUT),
         }
     }
 

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use log::warn;
+use std::time::Instant;
+
+use log::{debug, warn};
 use mio::{Interest, Token};
 
 use super::admin::{self, AdminConn, AdminRead};
@@ -22,6 +24,12 @@ impl Server {
                 None => return,
             };
             match accepted {
+                Ok((stream, _)) if self.admin_conns.len() >= admin::MAX_ADMIN_CONNECTIONS => {
+                    // Dropping the stream closes it: the client sees EOF.
+                    self.stats.admin_capped += 1;
+                    debug!("refusing an admin client: {} open", self.admin_conns.len());
+                    drop(stream);
+                }
                 Ok((mut stream, _)) => {
                     let token = self.tokens.allocate();
                     if self
@@ -78,6 +86,7 @@ impl Server {
                     match View::parse(&line) {
                         Some(View::Watch) => {
                             conn.watching = true;
+                            conn.deadline = None;
                             None
                         }
                         Some(view) => Some(self.admin_view(view)),
@@ -129,6 +138,26 @@ impl Server {
             c.close_after_flush = true;
         }
         self.flush_admin(token);
+    }
+
+    /// The earliest admin connection deadline.
+    pub(super) fn next_admin_deadline(&self) -> Option<Instant> {
+        self.admin_conns.values().filter_map(|c| c.deadline).min()
+    }
+
+    /// Closes the admin connections whose deadline has passed.
+    pub(super) fn expire_admin(&mut self, now: Instant) {
+        let expired: Vec<Token> = self
+            .admin_conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            debug!("closing an admin client at its deadline");
+            self.stats.admin_timeouts += 1;
+            self.close_admin(t);
+        }
     }
 
     fn close_admin(&mut self, token: Token) {
@@ -255,6 +284,9 @@ impl Server {
             handovers: self.stats.handovers,
             capped_connections: self.stats.capped,
             policy_refusals: self.stats.policy_refusals,
+            admin_capped: self.stats.admin_capped,
+            admin_timeouts: self.stats.admin_timeouts,
+            log_lines_dropped: crate::logging::dropped_lines(),
             bytes_in,
             bytes_out,
         }

@@ -223,7 +223,9 @@ impl Server {
             conn.interest = interest;
             conn.in_poll = true;
             if !conn.local {
-                *server.per_source.entry(peer.ip()).or_insert(0) += 1;
+                let prefix = server.config.caps.ipv6_source_prefix;
+                let source = super::source::source_key(peer.ip(), prefix);
+                *server.per_source.entry(source).or_insert(0) += 1;
             }
             server.conns.insert(token, Box::new(conn));
             server.rearm(token);

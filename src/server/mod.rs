@@ -15,6 +15,7 @@ pub mod handover;
 pub mod listener;
 pub mod peer;
 pub mod policy;
+pub mod source;
 pub mod stats;
 pub mod token;
 
@@ -75,8 +76,11 @@ pub struct ServerConfig {
 pub struct Caps {
     /// Most open connections in total; above it a new connection is closed at once.
     pub max_connections: usize,
-    /// Most open connections from one non-local source address.
+    /// Most open connections from one non-local source: an IPv4 address, or an IPv6
+    /// network of `ipv6_source_prefix` bits.
     pub max_per_source: usize,
+    /// The prefix length that makes IPv6 addresses one source (64 by default).
+    pub ipv6_source_prefix: u8,
     /// Connections kept for local peers: non-local peers are refused once
     /// `max_connections - local_reserve` connections are open, so a remote flood cannot
     /// keep local nodes from registering.
@@ -103,6 +107,7 @@ impl Caps {
         Caps {
             max_connections: max,
             max_per_source: 1024,
+            ipv6_source_prefix: source::DEFAULT_IPV6_SOURCE_PREFIX,
             local_reserve: (max / 10).max(16),
         }
     }
@@ -154,7 +159,7 @@ pub struct Server {
     /// The next time `STATUS=` may be sent, while the registration count has changed.
     status_due: Option<Instant>,
     last_status_count: Option<usize>,
-    /// Open connections per non-local source address.
+    /// Open connections per non-local source ([`source::source_key`]).
     per_source: HashMap<std::net::IpAddr, usize>,
     /// The NAMES reply for (registry generation, header port), shared by every reader.
     names_cache: Option<(u64, u32, std::rc::Rc<Vec<u8>>)>,
@@ -256,7 +261,16 @@ impl Server {
 
     /// Sets the connection caps, and the registration cap a few connections below them.
     pub fn set_caps(&mut self, caps: Caps) {
+        let recount = caps.ipv6_source_prefix != self.config.caps.ipv6_source_prefix;
         self.config.caps = caps;
+        if recount {
+            // The open connections' sources, counted with the new prefix.
+            self.per_source.clear();
+            for c in self.conns.values().filter(|c| !c.local) {
+                let source = source::source_key(c.peer.ip(), caps.ipv6_source_prefix);
+                *self.per_source.entry(source).or_insert(0) += 1;
+            }
+        }
         self.registry
             .set_max_registrations(caps.max_connections.saturating_sub(SHORT_REQUEST_RESERVE));
     }
@@ -356,6 +370,7 @@ impl Server {
             self.watchdog.map(|(_, next)| next),
             self.status_due,
             self.fdstore.as_ref().and_then(|s| s.next_flush()),
+            self.next_admin_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -432,10 +447,11 @@ impl Server {
             || stream.local_addr().is_ok_and(|l| peer::is_local(peer, l));
         let caps = self.config.caps;
         let open = self.conns.len();
+        let source = source::source_key(peer.ip(), caps.ipv6_source_prefix);
         let from_source = if is_local {
             0
         } else {
-            self.per_source.get(&peer.ip()).copied().unwrap_or(0)
+            self.per_source.get(&source).copied().unwrap_or(0)
         };
         let refused = if open >= caps.max_connections {
             Some("connection cap")
@@ -469,7 +485,7 @@ impl Server {
         conn.may_list = self.config.names_policy.allows(peer, conn.local);
         conn.may_lookup = self.config.port_please_policy.allows(peer, conn.local);
         if !conn.local {
-            *self.per_source.entry(peer.ip()).or_insert(0) += 1;
+            *self.per_source.entry(source).or_insert(0) += 1;
         }
         self.conns.insert(token, Box::new(conn));
         self.stats.accepted += 1;
@@ -767,6 +783,7 @@ impl Server {
             self.send_status();
         }
         self.flush_fd_store();
+        self.expire_admin(now);
         if self.notifier.is_some()
             && self.status_due.is_none()
             && self.last_status_count != Some(self.registry.len())
@@ -830,10 +847,11 @@ impl Server {
         self.stats.bytes_in += conn.bytes_in;
         self.stats.bytes_out += conn.bytes_out;
         if !conn.local {
-            if let Some(n) = self.per_source.get_mut(&conn.peer.ip()) {
+            let source = source::source_key(conn.peer.ip(), self.config.caps.ipv6_source_prefix);
+            if let Some(n) = self.per_source.get_mut(&source) {
                 *n -= 1;
                 if *n == 0 {
-                    self.per_source.remove(&conn.peer.ip());
+                    self.per_source.remove(&source);
                 }
             }
         }

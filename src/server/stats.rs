@@ -34,6 +34,12 @@ pub struct Stats {
     pub policy_refusals: u64,
     /// Hand-overs this daemon's state has gone through.
     pub handovers: u64,
+    /// Admin connections closed at once because [`MAX_ADMIN_CONNECTIONS`] were open.
+    ///
+    /// [`MAX_ADMIN_CONNECTIONS`]: super::admin::MAX_ADMIN_CONNECTIONS
+    pub admin_capped: u64,
+    /// Admin connections closed at their deadline.
+    pub admin_timeouts: u64,
 }
 
 /// Every key [`Stats::count_event`] uses (so that counters read back from a saved state map
@@ -70,6 +76,8 @@ impl Stats {
             ("peak_connections", self.peak_connections),
             ("capped", self.capped),
             ("policy_refusals", self.policy_refusals),
+            ("admin_capped", self.admin_capped),
+            ("admin_timeouts", self.admin_timeouts),
         ]
     }
 
@@ -93,6 +101,8 @@ impl Stats {
                 "peak_connections" => &mut s.peak_connections,
                 "capped" => &mut s.capped,
                 "policy_refusals" => &mut s.policy_refusals,
+                "admin_capped" => &mut s.admin_capped,
+                "admin_timeouts" => &mut s.admin_timeouts,
                 _ => continue,
             };
             *slot = v;

@@ -7,13 +7,14 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -21,7 +22,7 @@ use crate::support::c_epmd::{run, CmdOutput};
 use crate::support::daemon::{Daemon, BIN};
 use crate::support::ports::free_port;
 use crate::support::tmp;
-use crate::support::wait::poll_true;
+use crate::support::wait::{poll_true, poll_until};
 
 /// The uid the untrusted client runs as (not the daemon's, not root).
 const NOBODY_UID: u32 = 65533;
@@ -352,4 +353,85 @@ fn the_client_refuses_a_socket_another_user_may_have_planted() {
     );
     assert!(out.status.success(), "{}", out.stderr_text());
     assert_eq!(out.stdout_text().trim(), "[]");
+}
+
+/// L8: an admin client that connects and never sends its request is closed after the
+/// admin deadline (5 s), and counted.
+#[test]
+fn an_idle_admin_client_is_closed_at_its_deadline() {
+    let dir = TempDir::new();
+    let socket = dir.join("admin.sock");
+    let _daemon = start_daemon(&socket);
+    let mut idle = UnixStream::connect(&socket).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let t0 = Instant::now();
+    let mut buf = [0u8; 16];
+    let got = idle.read(&mut buf);
+    let took = t0.elapsed();
+    assert!(
+        matches!(got, Ok(0)),
+        "an idle admin client was not closed within 30 s: {got:?} after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(15),
+        "closed after {took:?}, expected about 5 s"
+    );
+    let stats = admin_stats(&socket);
+    assert_eq!(stats["admin_timeouts"].as_u64(), Some(1), "{stats}");
+}
+
+/// L8: at most 16 admin clients are open at once: the 17th is closed without an answer
+/// (and counted); once one of the 16 goes, a new client is served again. Epmd clients are
+/// not affected.
+#[test]
+fn admin_connections_are_capped() {
+    let dir = TempDir::new();
+    let socket = dir.join("admin.sock");
+    let daemon = start_daemon(&socket);
+    let mut open: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&socket).expect("connect"))
+        .collect();
+    // The daemon has accepted them all once one more request on a 17th gets its EOF.
+    let mut extra = UnixStream::connect(&socket).expect("connect the 17th");
+    extra
+        .set_read_timeout(Some(ADMIN_TIMEOUT))
+        .expect("read timeout");
+    let _ = extra.write_all(b"stats\n");
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "the 17th admin client was served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", daemon.port())).is_ok(),
+        "epmd clients are refused too"
+    );
+    // One goes: the next client is served, and the refusal was counted.
+    drop(open.pop());
+    let stats = poll_until(ADMIN_TIMEOUT, || {
+        let mut s = UnixStream::connect(&socket).ok()?;
+        s.write_all(b"stats\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        serde_json::from_str::<Value>(&text).ok()
+    })
+    .expect("no admin client served after one of the 16 left");
+    assert!(stats["admin_capped"].as_u64() >= Some(1), "{stats}");
+}
+
+/// `admin --json stats` as root.
+fn admin_stats(socket: &Path) -> Value {
+    let out = run(
+        Command::new(BIN)
+            .arg("admin")
+            .arg("--socket")
+            .arg(socket)
+            .args(["--json", "stats"]),
+        ADMIN_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", out.stderr_text());
+    serde_json::from_str(out.stdout_text().trim()).expect("stats JSON")
 }

@@ -40,6 +40,9 @@ mod systemd;
 // -daemon: returns once serving, pid file, a second -daemon, log file and SIGHUP.
 mod daemonize;
 
+// Pid and log files never opened through a symlink; a user's fallback log is private.
+mod file_safety;
+
 // make install/uninstall into a DESTDIR, and install-as-epmd with a real erl.
 mod install;
 
@@ -64,3 +67,6 @@ mod netns;
 // The project's units under a real systemd 252 as PID 1 of a throwaway nspawn container:
 // activation, sandbox, Erlang nodes across reloads, restart, crash, watchdog, stop.
 mod real_systemd;
+
+// The per-source cap counts an IPv6 /64 as one source (a namespace with IPv6 addresses).
+mod netns_v6;
