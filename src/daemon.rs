@@ -140,6 +140,8 @@ pub fn run(
         Started::Detached => return Ok(Exit::Detached),
         Started::Serving(server, restore) => (server, restore),
     };
+    // Passed on to a successor, which pings once it serves.
+    let watchdog_usec = systemd::watchdog_usec(std::process::id(), &env);
     server.set_notifier(
         systemd::Notifier::from_env(&env),
         systemd::watchdog_interval(std::process::id(), &env),
@@ -173,8 +175,9 @@ pub fn run(
                 // Always the daemon's own binary, by the path it was started from (so a
                 // package upgrade that replaced the file is picked up): nobody can name
                 // another program.
+                let began = std::time::Instant::now();
                 let outcome = match self_exe {
-                    Some(b) => transfer::hand_over(&server, b, args),
+                    Some(b) => transfer::hand_over(&server, b, args, watchdog_usec),
                     None => Err(transfer::HandoverError::Spawn(io::Error::new(
                         io::ErrorKind::NotFound,
                         "the daemon's own binary is unknown",
@@ -182,7 +185,10 @@ pub fn run(
                 };
                 match outcome {
                     Ok(pid) => {
-                        info!("handed over to pid {pid}");
+                        info!(
+                            "handed over to pid {pid} in {:.1} ms",
+                            began.elapsed().as_secs_f64() * 1000.0
+                        );
                         server.answer_admin(
                             request.requester,
                             &serde_json::json!({ "ok": true, "pid": pid }),

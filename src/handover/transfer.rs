@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use super::fdpass::{recv_fds, send_fds};
 use super::state::{State, StateError};
 use crate::server::{Server, ServerConfig};
-use crate::systemd;
 
 /// The environment variable that tells a new process which fd is its hand-over socket.
 pub const HANDOVER_FD_ENV: &str = "EPMD_RS_HANDOVER_FD";
@@ -70,9 +69,18 @@ impl std::error::Error for HandoverError {}
 /// supervises it fully once `MAINPID=` names it. The whole exchange takes at most
 /// [`HANDOVER_TIMEOUT`], however slowly the successor answers.
 ///
+/// `watchdog_usec` is this process's watchdog timeout (`systemd::watchdog_usec`): the
+/// successor gets it as `WATCHDOG_USEC` without `WATCHDOG_PID`, so that it pings systemd's
+/// watchdog once it serves.
+///
 /// `EPMD_RS_STATE_VERSION`, when set, overrides the version written (a test hook for the
 /// "unknown version is refused" path).
-pub fn hand_over(server: &Server, binary: &Path, args: &[OsString]) -> Result<u32, HandoverError> {
+pub fn hand_over(
+    server: &Server,
+    binary: &Path,
+    args: &[OsString],
+    watchdog_usec: Option<u64>,
+) -> Result<u32, HandoverError> {
     let deadline = Instant::now() + HANDOVER_TIMEOUT;
     let (mut state, fds) = server.snapshot();
     if let Some(v) = std::env::var("EPMD_RS_STATE_VERSION")
@@ -97,7 +105,7 @@ pub fn hand_over(server: &Server, binary: &Path, args: &[OsString]) -> Result<u3
         crate::admin::Source::Systemd => cmd.env(LISTEN_SOURCE_ENV, "systemd"),
         _ => cmd.env_remove(LISTEN_SOURCE_ENV),
     };
-    match systemd::watchdog_usec(std::process::id(), |k| std::env::var_os(k)) {
+    match watchdog_usec {
         Some(usec) => cmd.env("WATCHDOG_USEC", usec.to_string()),
         None => cmd.env_remove("WATCHDOG_USEC"),
     };

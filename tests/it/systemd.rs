@@ -67,7 +67,8 @@ impl Listen {
     }
 }
 
-/// `systemd-socket-activate -l ... epmd-rs --admin-socket none -d <args>`, exec'd into the
+/// `systemd-socket-activate -l ... epmd-rs --admin-socket none -d <args>` (no
+/// `--admin-socket none` when `args` name an admin socket), exec'd into the
 /// daemon once a first connection arrived. Killed by PID (SIGKILL) when dropped.
 #[derive(Debug)]
 struct Activated {
@@ -133,9 +134,11 @@ impl Activated {
         for (l, &p) in sockets.iter().zip(ports) {
             cmd.arg("-l").arg(l.arg(p));
         }
-        cmd.arg(BIN)
-            .args(["--admin-socket", "none", "-d"])
-            .args(args);
+        cmd.arg(BIN);
+        if !args.contains(&"--admin-socket") {
+            cmd.args(["--admin-socket", "none"]);
+        }
+        cmd.arg("-d").args(args);
         let stderr_path = tmp::unique_path("activate.stderr");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -648,4 +651,118 @@ fn foreground_pid_file_is_written_and_removed_on_sigterm() {
     );
     assert!(!is_alive(pid));
     assert!(!pid_file.exists(), "pid file left behind after SIGTERM");
+}
+
+/// Issue 15 M2: systemd sets `WATCHDOG_PID` to the pid it started. After a hand-over
+/// (SIGUSR2) the successor must still ping the watchdog, or systemd kills the service
+/// `WatchdogSec` after every reload. The daemon is started through `sh -c 'WATCHDOG_PID=$$
+/// exec …'`, so that the variable names the daemon's own pid as systemd's does.
+#[test]
+fn the_successor_of_a_hand_over_pings_the_watchdog() {
+    let mut notify = NotifySocket::bind();
+    let port = free_port();
+    let guard = crate::support::daemon::DetachedDaemon::on_port(port);
+    let mut cmd = Command::new("sh");
+    clean_env(&mut cmd)
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", BIN])
+        .args(["-port", &port.to_string(), "-address", "127.0.0.1"])
+        .args(["--admin-socket", "none"])
+        .env("NOTIFY_SOCKET", notify.path())
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut first = cmd.spawn().expect("spawn sh -c … epmd-rs");
+    let first_pid = first.id();
+    let ready = notify.wait_for(START_TIMEOUT, |m| m.lines().any(|l| l == "READY=1"));
+    assert!(ready.is_some(), "no READY=1: {:?}", notify.all());
+    let pings = notify.times_of_during("WATCHDOG=1", Duration::from_secs(1));
+    assert!(
+        pings.len() >= 2,
+        "the first daemon pinged {} times in 1 s: {:?}",
+        pings.len(),
+        notify.all()
+    );
+
+    signal(first_pid, libc::SIGUSR2);
+    let mainpid = |m: &str| {
+        m.lines()
+            .filter_map(|l| l.strip_prefix("MAINPID="))
+            .find_map(|p| p.parse::<u32>().ok())
+            .filter(|&p| p != first_pid)
+    };
+    let handed = notify.wait_for(START_TIMEOUT, |m| mainpid(m).is_some());
+    let successor = handed.as_ref().and_then(|(_, m)| mainpid(m));
+    assert!(
+        successor.is_some(),
+        "no MAINPID= of a successor: {:?}",
+        notify.all()
+    );
+    let exited = poll_until(START_TIMEOUT, || first.try_wait().ok().flatten());
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the old daemon did not exit 0 after the hand-over: {exited:?}"
+    );
+    // Only the successor can send from now on.
+    let pings = notify.times_of_during("WATCHDOG=1", Duration::from_secs(1));
+    assert!(
+        pings.len() >= 2,
+        "the successor pinged the watchdog {} times in 1 s with WATCHDOG_USEC=400000 (want about 5)",
+        pings.len()
+    );
+    drop(guard);
+}
+
+/// Issue 10: under socket activation `admin config` names the sockets systemd passed (not
+/// the `0.0.0.0 ::` default), with the source `systemd`, and so does a successor after a
+/// hand-over (which no longer sees `LISTEN_FDS`).
+#[test]
+fn admin_config_names_the_sockets_systemd_passed() {
+    let dir = TempDir::new("cfg");
+    let admin = dir.join("admin.sock");
+    let admin_arg = admin.to_str().expect("UTF-8 path");
+    let activated = Activated::start(
+        &[Listen::V4, Listen::V6],
+        &["-systemd", "--admin-socket", admin_arg],
+    );
+    let guards: Vec<_> = (0..2)
+        .map(|i| crate::support::daemon::DetachedDaemon::on_port(activated.port(i)))
+        .collect();
+    let (p4, p6) = (activated.port(0), activated.port(1));
+    let shown = || {
+        let entries = crate::handover::admin_json(&admin, "config");
+        let find = |key: &str| {
+            entries
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["key"] == key))
+                .map(|e| {
+                    (
+                        e["value"].as_str().unwrap_or("").to_owned(),
+                        e["source"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .unwrap_or_else(|| panic!("admin config lacks {key}: {entries}"))
+        };
+        (find("address"), find("listen"))
+    };
+    let want = (
+        ("127.0.0.1,::1".to_owned(), "systemd".to_owned()),
+        (format!("127.0.0.1:{p4} [::1]:{p6}"), "systemd".to_owned()),
+    );
+    assert_eq!(shown(), want, "admin config under socket activation");
+
+    signal(activated.pid(), libc::SIGUSR2);
+    assert!(
+        poll_true(START_TIMEOUT, || !is_alive(activated.pid())
+            || !runs_executable(activated.pid(), BIN)),
+        "the activated daemon did not hand over\n{}",
+        activated.stderr_text()
+    );
+    assert!(
+        poll_true(START_TIMEOUT, || guards[0].pids().len() == 1),
+        "no successor listens on {p4}"
+    );
+    assert_eq!(shown(), want, "admin config of the successor");
+    drop(activated);
+    drop(guards);
 }

@@ -143,6 +143,13 @@ done
 sorted=$(printf '%s\n' "${times[@]}" | sort -n)
 echo "FIGURE reload: $RELOADS reloads, systemctl reload -> new MainPID active: min $(echo "$sorted" | head -1) ms, median $(echo "$sorted" | sed -n "$(( (${#times[@]} + 1) / 2 ))p") ms, max $(echo "$sorted" | tail -1) ms"
 phase_end "$RELOADS reloads"
+# Inside the daemon: from the hand-over request to the successor's READY, as the old
+# process logs it ("handed over to pid N in T ms").
+journalctl -b -q --no-pager -u "$U" | sed -n 's/.*handed over to pid [0-9]* in \([0-9.]*\) ms.*/\1/p' \
+  | sort -n > /tmp/handover.ms
+n=$(wc -l < /tmp/handover.ms)
+echo "FIGURE hand-over: $n hand-overs inside the daemon (request -> successor READY): min $(head -1 /tmp/handover.ms) ms, median $(sed -n "$(( (n + 1) / 2 ))p" /tmp/handover.ms) ms, max $(tail -1 /tmp/handover.ms) ms"
+check test "$n" = "$RELOADS"
 check test "$(prop NRestarts)" = "$NR0"
 for _ in $(seq 1 100); do [ "$(cgroup_procs | wc -l)" = 1 ] && break; sleep 0.02; done
 check test "$(cgroup_procs | wc -l)" = 1    # one daemon, not two
