@@ -491,8 +491,10 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// C's `atoi`: optional leading white space and sign, then digits up to the first other
-/// character; no digits gives 0. Overflow wraps (C leaves it undefined).
+/// glibc's `atoi`: `(int) strtol(s, NULL, 10)`. Optional leading white space and sign,
+/// then digits up to the first other character; no digits gives 0. A value past the
+/// 64-bit `long` saturates to `LONG_MAX` / `LONG_MIN` as `strtol` does, and the cast to
+/// `int` keeps the low 32 bits (`-port 99999999999999999999` is -1, port 65535).
 pub fn atoi(s: &str) -> i32 {
     let s = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
     let (negative, digits) = match s.as_bytes().first() {
@@ -500,12 +502,15 @@ pub fn atoi(s: &str) -> i32 {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let mut n: i64 = 0;
+    // The magnitude, saturated just past i64's range (enough to tell both limits apart).
+    let limit = i128::from(i64::MAX) + 1;
+    let mut n: i128 = 0;
     for b in digits.bytes().take_while(u8::is_ascii_digit) {
-        n = n.wrapping_mul(10).wrapping_add(i64::from(b - b'0'));
+        n = (n * 10 + i128::from(b - b'0')).min(limit);
     }
-    let n = if negative { n.wrapping_neg() } else { n };
-    n as i32
+    let n = if negative { -n } else { n };
+    let long = n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    long as i32
 }
 
 #[cfg(test)]
@@ -541,6 +546,17 @@ mod tests {
         assert_eq!(atoi("-5"), -5);
         assert_eq!(atoi("+7"), 7);
         assert_eq!(atoi(""), 0);
+        // Past 2^31 the low 32 bits remain, as (int) strtol gives.
+        assert_eq!(atoi("4294971665"), 4369);
+        assert_eq!(atoi("4294967296"), 0);
+        // Past 2^63 strtol saturates: LONG_MAX → -1, LONG_MIN → 0 (checked against
+        // Debian's epmd: `-port 99999999999999999999 -names` connects to 65535, the
+        // negative one is a usage error).
+        assert_eq!(atoi("99999999999999999999"), -1);
+        assert_eq!(atoi("9223372036854775808"), -1);
+        assert_eq!(atoi("9223372036854775807"), -1);
+        assert_eq!(atoi("-99999999999999999999"), 0);
+        assert_eq!(atoi("-9223372036854775809"), 0);
     }
 
     #[test]

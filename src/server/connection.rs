@@ -12,6 +12,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::dispatch::After;
+use crate::protocol::tag::INBUF_SIZE;
 use crate::protocol::{decode_frame, read_limit, FrameError, Request, RequestError, Status};
 
 /// Where a connection is in its life.
@@ -285,9 +286,12 @@ impl Connection {
     }
 
     /// Checks a registration connection: true when the peer has closed, reset or sent data,
-    /// any of which ends the registration (spec §4.6). Reads (and discards) what is there.
+    /// any of which ends the registration (spec §4.6). Reads (and discards) what is there
+    /// with one read of up to `INBUF_SIZE` bytes, as the C epmd does: up to 3060 pending
+    /// bytes are consumed, so the close that follows is a FIN, and more leave the kernel
+    /// to send a RST, as they do with the C epmd.
     pub fn registration_ended(&mut self) -> bool {
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; INBUF_SIZE];
         loop {
             match self.stream.read(&mut buf) {
                 Ok(n) => {

@@ -402,13 +402,21 @@ impl Server {
     }
 
     fn accept_from(&mut self, index: usize) {
+        // Only the first connection of this readiness event is answered at once: later
+        // ones may have arrived after other connections' bytes that this batch of events
+        // does not hold yet, and answering them first would reorder what the C epmd does
+        // in order (it reads a new connection one select pass after accepting it).
+        let mut answer_now = true;
         loop {
             let accepted = match self.listeners.get(index) {
                 Some(l) => l.accept(),
                 None => return,
             };
             match accepted {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => {
+                    self.admit(stream, peer, answer_now);
+                    answer_now = false;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -441,7 +449,7 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, stream: TcpStream, peer: std::net::SocketAddr) {
+    fn admit(&mut self, stream: TcpStream, peer: std::net::SocketAddr, answer_now: bool) {
         // A loopback peer is local whatever the local address: skip getsockname then.
         let is_local = peer::is_local_loopback(peer)
             || stream.local_addr().is_ok_and(|l| peer::is_local(peer, l));
@@ -491,7 +499,7 @@ impl Server {
         self.stats.accepted += 1;
         self.stats.observe(self.conns.len(), self.registry.len());
         self.rearm(token);
-        if self.config.delay_accept.is_none() {
+        if self.config.delay_accept.is_none() && answer_now {
             // On loopback the request usually arrives before the accept: read and answer
             // it now. A lookup answered at once is closed without ever entering the poll
             // (no epoll_ctl, no poll round trip); a miss costs one EAGAIN read.

@@ -22,6 +22,9 @@ mod limits;
 // Our epmd client against the C client, byte for byte, on every row of spec §8.
 mod client_compat;
 
+// Wire differential test: generated scenarios against the C epmd and epmd-rs side by side.
+mod difftest_wire;
+
 // `epmd-rs admin` over the admin Unix socket: every view, permissions, stale and live sockets.
 mod admin;
 

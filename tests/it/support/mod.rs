@@ -9,9 +9,15 @@
 
 pub(crate) mod c_epmd;
 pub(crate) mod daemon;
+pub(crate) mod deliberate;
 pub(crate) mod erl;
 pub(crate) mod ports;
 pub(crate) mod procnet;
 pub(crate) mod raw;
+pub(crate) mod rng;
 pub(crate) mod tmp;
+pub(crate) mod twin;
 pub(crate) mod wait;
+pub(crate) mod wire_gen;
+pub(crate) mod wire_run;
+pub(crate) mod wire_scenario;
