@@ -147,6 +147,10 @@ pub struct StatsView {
     /// NAMES / PORT_PLEASE2 requests refused by an access policy.
     #[serde(default)]
     pub policy_refusals: u64,
+    /// systemd's fd store, when in use: fds `stored`, names `removed`, notifications
+    /// `pending` (waiting for the service manager to read) and `failed`.
+    #[serde(default)]
+    pub fd_store: BTreeMap<String, u64>,
     /// Bytes read from epmd clients.
     pub bytes_in: u64,
     /// Bytes written to epmd clients.

@@ -244,6 +244,17 @@ impl Server {
             handovers: self.stats.handovers,
             capped_connections: self.stats.capped,
             policy_refusals: self.stats.policy_refusals,
+            fd_store: self
+                .fd_store_counts()
+                .map(|c| {
+                    BTreeMap::from([
+                        ("stored".to_owned(), c.stored),
+                        ("removed".to_owned(), c.removed),
+                        ("pending".to_owned(), c.pending),
+                        ("failed".to_owned(), c.failed),
+                    ])
+                })
+                .unwrap_or_default(),
             bytes_in,
             bytes_out,
         }

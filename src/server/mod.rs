@@ -163,8 +163,9 @@ pub struct Server {
     shutdown_requested: Option<Shutdown>,
     ready_sent: bool,
     fdstore: Option<fdstore::FdStore>,
-    /// The fd-store memfd received in a hand-over, until the fd store is enabled.
-    inherited_memfd: Option<std::fs::File>,
+    /// The fd-store state (name, memfd) received in a hand-over, until the fd store is
+    /// enabled.
+    inherited_memfd: Option<(String, std::fs::File)>,
     /// Connection fds may also be held by another process (fd store, hand-over), so they
     /// must be deregistered explicitly before they are closed.
     shared_fds: bool,
@@ -354,7 +355,7 @@ impl Server {
             self.accept_paused_until,
             self.watchdog.map(|(_, next)| next),
             self.status_due,
-            self.fdstore.as_ref().and_then(|s| s.next_flush()),
+            self.fdstore.as_ref().and_then(|s| s.next_wakeup()),
         ]
         .into_iter()
         .flatten()
