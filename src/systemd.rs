@@ -392,21 +392,35 @@ mod tests {
         assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
         let first = 3 + fds.len() as RawFd + 64;
         // Copies above every target, so the dup2 below never overwrites one still needed.
+        // -1 stays -1: that target fd is left closed.
         let high: Vec<RawFd> = fds
             .iter()
-            // SAFETY: F_DUPFD_CLOEXEC duplicates an open fd at or above `first`.
-            .map(|fd| unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first + 64) })
+            .map(|fd| match *fd {
+                -1 => -1,
+                // SAFETY: F_DUPFD_CLOEXEC duplicates an open fd at or above `first`.
+                fd => unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, first + 64) },
+            })
             .collect();
+        // The child writes its report to a copy of the write end above every target fd.
+        // SAFETY: F_DUPFD_CLOEXEC duplicates the open write end at or above the bound.
+        let report_fd = unsafe { libc::fcntl(pipe[1], libc::F_DUPFD_CLOEXEC, first + 256) };
+        assert!(report_fd >= 0);
         // SAFETY: the child only dup2s, runs adopt_named on the fds it placed, writes to
         // the pipe and _exits; the test binary's other threads are not relied on.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
             let report = (|| {
-                let out = pipe[1];
+                let out = report_fd;
                 for (i, fd) in high.iter().enumerate() {
+                    let target = 3 + i as RawFd;
+                    if *fd == -1 {
+                        // SAFETY: closing whatever the child had at the target fd.
+                        unsafe { libc::close(target) };
+                        continue;
+                    }
                     // SAFETY: dup2 onto a target fd; high copies stay where they are.
-                    if unsafe { libc::dup2(*fd, 3 + i as RawFd) } < 0 {
+                    if unsafe { libc::dup2(*fd, target) } < 0 {
                         return (out, "dup2 failed".to_owned());
                     }
                 }
@@ -442,12 +456,15 @@ mod tests {
                 libc::_exit(0);
             }
         }
-        for fd in high {
+        for fd in high.into_iter().filter(|fd| *fd >= 0) {
             // SAFETY: the parent's copies, owned by nothing else.
             unsafe { libc::close(fd) };
         }
-        // SAFETY: the write end is ours; the read end becomes a File.
-        unsafe { libc::close(pipe[1]) };
+        // SAFETY: the write ends are ours; the read end becomes a File.
+        unsafe {
+            libc::close(pipe[1]);
+            libc::close(report_fd);
+        }
         // SAFETY: pipe[0] is open and owned by nothing else.
         let mut reader = unsafe { std::fs::File::from_raw_fd(pipe[0]) };
         let mut text = String::new();
@@ -475,6 +492,7 @@ mod tests {
                 udp.as_raw_fd(),
                 listener.as_raw_fd(),
                 client.as_raw_fd(),
+                -1,
             ],
             &[
                 "epmd",
@@ -483,13 +501,15 @@ mod tests {
                 "epmd",
                 "conn-ab-71",
                 "state",
+                "conn-ab-72",
             ],
         );
         // Kept and close-on-exec: listener, state memfd, connection. Closed: a UDP socket
         // passed as a listener, a listener passed as a connection, a connection passed as
-        // a state (the last two are removed from the store by name).
+        // a state; left alone: an fd that is not open (the last three are removed from
+        // the store by name).
         assert_eq!(
-            report, r#"cccxxx l1 s1 c1 r["conn-ab-71", "state"]"#,
+            report, r#"cccxxxx l1 s1 c1 r["conn-ab-71", "state", "conn-ab-72"]"#,
             "{report}"
         );
     }

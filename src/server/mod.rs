@@ -830,8 +830,8 @@ impl Server {
             let name = conn.fd_name(token);
             self.fd_store_closed(token, &name, registered);
         }
-        self.stats.bytes_in += conn.bytes_in;
-        self.stats.bytes_out += conn.bytes_out;
+        self.stats.bytes_in = self.stats.bytes_in.saturating_add(conn.bytes_in);
+        self.stats.bytes_out = self.stats.bytes_out.saturating_add(conn.bytes_out);
         if !conn.local {
             if let Some(n) = self.per_source.get_mut(&conn.peer.ip()) {
                 *n -= 1;

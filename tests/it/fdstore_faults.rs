@@ -62,9 +62,14 @@ fn fd_store_names_do_not_collide_when_every_start_is_pid_1() {
     let first = wait_stored(&mut sup, &["pidone_a"]);
     d1.kill();
 
+    // Each start registers before any other request: the restored connections take the
+    // first tokens, so the new registration's token is the one that used to follow them.
     let mut d2 = start_as_pid_1(&mut sup, &args);
-    assert_eq!(names_of(port), names(&[("pidone_a", 40071)]));
     let (_b, _) = raw::register(port, "pidone_b", 40072, 6);
+    assert_eq!(
+        names_of(port),
+        names(&[("pidone_a", 40071), ("pidone_b", 40072)])
+    );
     let second = wait_stored(&mut sup, &["pidone_a", "pidone_b"]);
     assert_eq!(second["pidone_a"], first["pidone_a"]);
     assert_ne!(
@@ -74,12 +79,16 @@ fn fd_store_names_do_not_collide_when_every_start_is_pid_1() {
     d2.kill();
 
     let d3 = start_as_pid_1(&mut sup, &args);
+    let (_c, _) = raw::register(port, "pidone_c", 40073, 6);
     assert_eq!(
         names_of(port),
-        names(&[("pidone_a", 40071), ("pidone_b", 40072)]),
+        names(&[
+            ("pidone_a", 40071),
+            ("pidone_b", 40072),
+            ("pidone_c", 40073)
+        ]),
         "the third start lost registrations"
     );
-    let (_c, _) = raw::register(port, "pidone_c", 40073, 6);
     let third = wait_stored(&mut sup, &["pidone_a", "pidone_b", "pidone_c"]);
     let distinct: std::collections::BTreeSet<&String> = third.values().collect();
     assert_eq!(distinct.len(), 3, "{third:?}");
