@@ -22,7 +22,7 @@ use crate::registry::Limits;
 use crate::server::dispatch::DispatchConfig;
 use crate::server::listener::{bind_all, bind_targets, ListenError};
 use crate::server::token::MAX_LISTENERS;
-use crate::server::{Caps, Server, ServerConfig, Shutdown};
+use crate::server::{fdstore, Caps, Server, ServerConfig, Shutdown};
 use crate::systemd;
 
 /// How the daemon ended without an error.
@@ -120,13 +120,7 @@ pub fn run(
             let mut server = server;
             server.keep_admin_socket_file(false);
             info!("took over from the previous daemon");
-            Started::Serving(
-                Box::new(server),
-                Restore {
-                    memfd: None,
-                    stale: Vec::new(),
-                },
-            )
+            Started::Serving(Box::new(server), Restore::default())
         }
         None => start_fresh(config, &env, |activated| {
             server_config(if activated {
@@ -146,14 +140,14 @@ pub fn run(
         systemd::Notifier::from_env(&env),
         systemd::watchdog_interval(std::process::id(), &env),
     );
-    for name in &restore.stale {
-        server.fd_store_remove(name);
-    }
     if config.fd_store {
-        match server.enable_fd_store(restore.memfd) {
+        match server.enable_fd_store(restore.state, restore.next_state_number) {
             Ok(()) => info!("keeping registrations in systemd's fd store"),
             Err(e) => warn!("cannot use systemd's fd store: {e}"),
         }
+    }
+    for name in &restore.stale {
+        server.fd_store_remove(name);
     }
     let caps = caps_for(open_fds().saturating_sub(server.connection_count()));
     info!(
@@ -261,63 +255,153 @@ fn start_fresh(
     }
     let config_now = server_config(activated);
     let mut restore = Restore {
-        memfd: None,
-        stale: Vec::new(),
+        // Names of fds that were passed but are not what their name says.
+        stale: found.rejected,
+        ..Restore::default()
     };
-    let server = match found.state {
-        Some(mut memfd) if config.fd_store => {
-            let mut doc = Vec::new();
-            memfd
-                .seek(SeekFrom::Start(0))
-                .and_then(|_| memfd.read_to_end(&mut doc))
-                .map_err(|source| Error::Io {
-                    context: "cannot read the stored state",
-                    source,
-                })?;
-            restore.memfd = Some(memfd);
-            restored_server(
-                &doc,
-                listeners,
-                admin,
-                found.conns,
-                config_now,
-                &mut restore,
-            )?
-        }
-        _ => {
-            restore.stale = found.conns.into_iter().map(|(n, _)| n).collect();
-            Server::new(listeners, admin, config_now).map_err(|source| Error::Io {
-                context: "cannot start the event loop",
-                source,
-            })?
-        }
+    let server = if config.fd_store && !found.states.is_empty() {
+        restore_or_start_fresh(
+            found.states,
+            listeners,
+            admin,
+            found.conns,
+            config_now,
+            &mut restore,
+        )?
+    } else {
+        restore
+            .stale
+            .extend(found.states.into_iter().map(|(n, _)| n));
+        restore
+            .stale
+            .extend(found.conns.into_iter().map(|(n, _)| n));
+        Server::new(listeners, admin, config_now).map_err(|source| Error::Io {
+            context: "cannot start the event loop",
+            source,
+        })?
     };
     Ok(Started::Serving(Box::new(server), restore))
 }
 
 /// What a restart from the fd store leaves to do once sd_notify works.
+#[derive(Debug, Default)]
 struct Restore {
-    /// The stored state memfd, to keep using.
-    memfd: Option<File>,
-    /// Stored connection names that were not restored (to remove from the store).
+    /// The stored state restored from (name and memfd): removed once a newer one is
+    /// stored.
+    state: Option<(String, File)>,
+    /// The lowest number the next stored state may have (above every stored one).
+    next_state_number: u64,
+    /// Stored fd names that were not restored (to remove from the store).
     stale: Vec<String>,
 }
 
-/// Rebuilds the server from a stored state document and the stored connections.
-fn restored_server(
-    doc: &[u8],
+/// Restores from the newest stored state that can be restored. When none can, logs why,
+/// marks every stored fd for removal from the store and starts serving with an empty
+/// registry: a state the daemon cannot use must not stop it from starting (under
+/// `Restart=on-failure` that would be a crash loop that ends every registration).
+fn restore_or_start_fresh(
+    mut states: Vec<(String, File)>,
     listeners: Vec<TcpListener>,
     admin: Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>,
     conns: Vec<(String, OwnedFd)>,
     config: ServerConfig,
     restore: &mut Restore,
 ) -> Result<Server, Error> {
-    let io_err = |source| Error::Io {
-        context: "cannot restore the stored state",
-        source,
+    let io_err = |context| move |source| Error::Io { context, source };
+    // Newest first: a crash between storing a new state and removing the old one leaves
+    // both, each whole.
+    states.sort_by_key(|(name, _)| std::cmp::Reverse(fdstore::state_number(name)));
+    restore.next_state_number = states
+        .iter()
+        .filter_map(|(name, _)| fdstore::state_number(name))
+        .max()
+        .map_or(1, |n| n.saturating_add(1));
+    let mut docs = Vec::new();
+    for (name, mut memfd) in states {
+        let mut doc = Vec::new();
+        let read = memfd
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| memfd.read_to_end(&mut doc));
+        match read
+            .map_err(StoredStateError::Read)
+            .and_then(|_| State::decode(&doc).map_err(StoredStateError::Decode))
+        {
+            Ok(state) => docs.push((name, memfd, state)),
+            Err(e) => {
+                warn!("stored state {name} cannot be restored: {e}; removing it");
+                restore.stale.push(name);
+            }
+        }
+    }
+    // Copies of the sockets, to start fresh with if the restore fails after taking them.
+    let spare_listeners = listeners
+        .iter()
+        .map(TcpListener::try_clone)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(io_err("cannot duplicate a listening socket"))?;
+    let spare_admin = match &admin {
+        Some((l, path)) => Some((
+            l.try_clone()
+                .map_err(io_err("cannot duplicate the admin socket"))?,
+            path.clone(),
+        )),
+        None => None,
     };
-    let mut state = State::decode(doc)
-        .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
+    let mut docs = docs.into_iter();
+    let conn_names: Vec<String> = conns.iter().map(|(n, _)| n.clone()).collect();
+    if let Some((name, memfd, state)) = docs.next() {
+        match restored_server(state, listeners, admin, conns, config.clone(), restore) {
+            Ok(server) => {
+                restore.state = Some((name, memfd));
+                // Older states, kept by a crash between a store and a remove.
+                restore.stale.extend(docs.map(|(n, _, _)| n));
+                return Ok(server);
+            }
+            Err(e) => {
+                warn!("stored state {name} cannot be restored: {e}; removing it");
+                restore.stale.push(name);
+            }
+        }
+    }
+    // Nothing restorable: serve fresh, and let the store forget what it holds.
+    warn!(
+        "starting without the stored registrations ({} stored connections dropped)",
+        conn_names.len()
+    );
+    restore.stale.extend(docs.map(|(n, _, _)| n));
+    restore.stale.extend(conn_names);
+    restore.stale.sort();
+    restore.stale.dedup();
+    Server::new(spare_listeners, spare_admin, config).map_err(io_err("cannot start the event loop"))
+}
+
+/// Why a stored state document was not used.
+#[derive(Debug)]
+enum StoredStateError {
+    /// The memfd could not be read.
+    Read(io::Error),
+    /// The document was refused.
+    Decode(crate::handover::state::StateError),
+}
+
+impl std::fmt::Display for StoredStateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoredStateError::Read(e) => write!(f, "cannot read it: {e}"),
+            StoredStateError::Decode(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Rebuilds the server from a stored state document and the stored connections.
+fn restored_server(
+    mut state: State,
+    listeners: Vec<TcpListener>,
+    admin: Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>,
+    conns: Vec<(String, OwnedFd)>,
+    config: ServerConfig,
+    restore: &mut Restore,
+) -> Result<Server, crate::handover::state::StateError> {
     let mut fds: HashMap<String, OwnedFd> = HashMap::new();
     state.listeners.clear();
     for (i, l) in listeners.into_iter().enumerate() {
@@ -335,16 +419,27 @@ fn restored_server(
     let listed: std::collections::HashSet<String> =
         state.connections.iter().map(|c| c.fd.clone()).collect();
     for (name, fd) in conns {
-        if listed.contains(&name) {
-            fds.insert(name, fd);
-        } else {
+        if !listed.contains(&name) {
             restore.stale.push(name);
+            continue;
+        }
+        match fds.entry(name) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(fd);
+            }
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                // A second fd under one name (an older build's names could collide): only
+                // one can be restored; removing the name would drop both from the store.
+                warn!(
+                    "two stored connections are named {}; one is closed",
+                    slot.key()
+                );
+            }
         }
     }
     state.connections.retain(|c| fds.contains_key(&c.fd));
     let before: Vec<String> = state.connections.iter().map(|c| c.fd.clone()).collect();
-    let server = Server::from_state(state, fds, config, false)
-        .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
+    let server = Server::from_state(state, fds, config, false)?;
     let kept = server.store_names();
     restore
         .stale
@@ -361,8 +456,10 @@ fn restored_server(
 struct Found {
     listeners: Vec<TcpListener>,
     activated: bool,
-    state: Option<File>,
+    states: Vec<(String, File)>,
     conns: Vec<(String, OwnedFd)>,
+    /// Stored fd names whose fd was refused (to remove from the store).
+    rejected: Vec<String>,
 }
 
 /// The listening sockets: adopted when `LISTEN_FDS` is meant for us (required by
@@ -371,7 +468,12 @@ fn listeners(
     config: &DaemonConfig,
     env: impl Fn(&str) -> Option<OsString>,
 ) -> Result<Found, Error> {
-    let passed = systemd::listen_fds_count(std::process::id(), &env);
+    let fd_limit = current_fd_limit();
+    let passed =
+        systemd::listen_fds_count(std::process::id(), fd_limit, &env).map_err(|e| Error::Io {
+            context: "cannot obtain sockets from systemd",
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
     if passed > 0 {
         let names: Vec<String> = env("LISTEN_FDNAMES")
             .map(|n| n.to_string_lossy().split(':').map(str::to_owned).collect())
@@ -390,16 +492,18 @@ fn listeners(
             return Ok(Found {
                 listeners: got.listeners,
                 activated: true,
-                state: got.state,
+                states: got.states,
                 conns: got.conns,
+                rejected: got.rejected,
             });
         }
         if config.systemd {
             return Err(Error::NoSystemdSockets);
         }
         let mut found = bind_listeners(config)?;
-        found.state = got.state;
+        found.states = got.states;
         found.conns = got.conns;
+        found.rejected = got.rejected;
         return Ok(found);
     }
     if config.systemd {
@@ -417,8 +521,9 @@ fn bind_listeners(config: &DaemonConfig) -> Result<Found, Error> {
     Ok(Found {
         listeners: bound,
         activated: false,
-        state: None,
+        states: Vec::new(),
         conns: Vec::new(),
+        rejected: Vec::new(),
     })
 }
 
@@ -494,6 +599,19 @@ fn write_pid_file(path: &Path) -> Result<(), Error> {
 /// How many fds this process has open (not counting the one listing them).
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(16, |d| d.count().saturating_sub(1))
+}
+
+/// The soft RLIMIT_NOFILE (1024 if it cannot be read).
+fn current_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, so the daemon has no 1024-connection

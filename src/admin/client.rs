@@ -225,6 +225,9 @@ fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
             for (kind, n) in s.requests {
                 rows.push(row(&format!("requests {kind}"), n.to_string()));
             }
+            for (what, n) in s.fd_store {
+                rows.push(row(&format!("fd store {what}"), n.to_string()));
+            }
             render(&["STAT", "VALUE"], &rows)
         }
         View::Config => {

@@ -158,6 +158,10 @@ pub struct StatsView {
     /// Log lines dropped because syslog could not take them at once.
     #[serde(default)]
     pub log_lines_dropped: u64,
+    /// systemd's fd store, when in use: fds `stored`, names `removed`, notifications
+    /// `pending` (waiting for the service manager to read) and `failed`.
+    #[serde(default)]
+    pub fd_store: BTreeMap<String, u64>,
     /// Bytes read from epmd clients.
     pub bytes_in: u64,
     /// Bytes written to epmd clients.

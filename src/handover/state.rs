@@ -21,6 +21,16 @@ pub const VERSION: u32 = 1;
 /// The oldest version this build reads.
 pub const MIN_VERSION: u32 = 1;
 
+/// The largest counter a document may carry (2^62): counters keep growing after a
+/// restore, and from here no sum this process can make overflows a `u64`.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
+/// The longest `extra` a registration may carry: the protocol's limit (an ALIVE2 with a
+/// longer one is refused), far below what would truncate PORT2's 16-bit `Elen`.
+pub const MAX_EXTRA_BYTES: usize = crate::protocol::tag::MAX_EXTRA_BYTES;
+
+const _: () = assert!(MAX_EXTRA_BYTES <= u16::MAX as usize);
+
 /// The whole state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -157,7 +167,7 @@ pub enum StateError {
     /// The document names an fd that was not passed, twice, or a registration names an
     /// unknown connection.
     MissingFd(String),
-    /// Hex fields or names that do not decode.
+    /// Hex fields or names that do not decode, or a field beyond its bound.
     BadField(&'static str),
     /// The registrations are inconsistent.
     Registry(crate::registry::RestoreError),
@@ -198,7 +208,37 @@ impl State {
         if !(MIN_VERSION..=VERSION).contains(&env.version) {
             return Err(StateError::UnsupportedVersion(env.version));
         }
-        serde_json::from_slice(bytes).map_err(StateError::Malformed)
+        let state: State = serde_json::from_slice(bytes).map_err(StateError::Malformed)?;
+        state.check_bounds()?;
+        Ok(state)
+    }
+
+    /// Refuses fields beyond their bounds: an `extra` longer than [`MAX_EXTRA_BYTES`] (its
+    /// PORT2 length field would be truncated), a counter above [`MAX_COUNTER`] (it could
+    /// overflow once added to).
+    fn check_bounds(&self) -> Result<(), StateError> {
+        for r in &self.registrations {
+            if r.extra_hex.len() > 2 * MAX_EXTRA_BYTES {
+                return Err(StateError::BadField("extra"));
+            }
+        }
+        let counters = self
+            .stats
+            .requests
+            .values()
+            .chain(self.stats.counters.values())
+            .chain([&self.stats.handovers, &self.uptime_secs])
+            .chain(
+                self.connections
+                    .iter()
+                    .flat_map(|c| [&c.bytes_in, &c.bytes_out]),
+            );
+        for v in counters {
+            if *v > MAX_COUNTER {
+                return Err(StateError::BadField("counter"));
+            }
+        }
+        Ok(())
     }
 
     /// Serialises the document.
@@ -291,6 +331,64 @@ mod tests {
         let state = State::decode(doc.to_string().as_bytes()).unwrap();
         assert_eq!(state.fd_store, None);
         assert_eq!(state, sample());
+    }
+
+    #[test]
+    fn an_extra_longer_than_the_protocol_allows_is_refused() {
+        let mut s = sample();
+        let reg = |extra: usize| RegState {
+            conn: "conn-70".into(),
+            name: "a".into(),
+            port: 1,
+            node_type: 77,
+            protocol: 0,
+            highest_version: 6,
+            lowest_version: 5,
+            extra_hex: "ab".repeat(extra),
+            creation: 1,
+            registered_at: 0,
+            fd_label: 3,
+        };
+        s.registrations = vec![reg(MAX_EXTRA_BYTES)];
+        assert_eq!(State::decode(&s.encode()).unwrap(), s);
+        // 65,535 - 13 + 1 bytes would wrap PORT2's Elen; anything over the limit is refused.
+        for len in [MAX_EXTRA_BYTES + 1, 65_523, 70_000] {
+            s.registrations = vec![reg(len)];
+            assert!(
+                matches!(
+                    State::decode(&s.encode()),
+                    Err(StateError::BadField("extra"))
+                ),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn counters_that_could_overflow_are_refused() {
+        let ok = sample();
+        let mut s = ok.clone();
+        s.stats.counters.insert("bytes_in".into(), MAX_COUNTER);
+        assert!(State::decode(&s.encode()).is_ok());
+        let setters: [fn(&mut State); 5] = [
+            |s| {
+                s.stats.counters.insert("bytes_in".into(), u64::MAX);
+            },
+            |s| {
+                s.stats.requests.insert("names".into(), MAX_COUNTER + 1);
+            },
+            |s| s.stats.handovers = u64::MAX,
+            |s| s.uptime_secs = u64::MAX,
+            |s| s.connections[0].bytes_out = u64::MAX,
+        ];
+        for set in setters {
+            let mut s = ok.clone();
+            set(&mut s);
+            assert!(matches!(
+                State::decode(&s.encode()),
+                Err(StateError::BadField("counter"))
+            ));
+        }
     }
 
     #[test]

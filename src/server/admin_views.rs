@@ -287,6 +287,17 @@ impl Server {
             admin_capped: self.stats.admin_capped,
             admin_timeouts: self.stats.admin_timeouts,
             log_lines_dropped: crate::logging::dropped_lines(),
+            fd_store: self
+                .fd_store_counts()
+                .map(|c| {
+                    BTreeMap::from([
+                        ("stored".to_owned(), c.stored),
+                        ("removed".to_owned(), c.removed),
+                        ("pending".to_owned(), c.pending),
+                        ("failed".to_owned(), c.failed),
+                    ])
+                })
+                .unwrap_or_default(),
             bytes_in,
             bytes_out,
         }

@@ -41,10 +41,14 @@ impl Server {
         });
         // The order of `fds` must be that of `State::fd_names`: listeners, admin, the
         // fd-store memfd, connections.
-        let fd_store = self.fdstore.as_ref().map(|s| {
-            fds.push(s.memfd_fd());
-            super::fdstore::STATE_NAME.to_owned()
-        });
+        let fd_store = self
+            .fdstore
+            .as_ref()
+            .and_then(|s| s.stored_state())
+            .map(|(name, fd)| {
+                fds.push(fd);
+                name.to_owned()
+            });
         let mut tokens: Vec<&Token> = self.conns.keys().collect();
         tokens.sort();
         let mut connections = Vec::with_capacity(tokens.len());
@@ -163,7 +167,7 @@ impl Server {
             None => None,
         };
         let inherited_memfd = match &state.fd_store {
-            Some(name) => Some(std::fs::File::from(take(name)?)),
+            Some(name) => Some((name.clone(), std::fs::File::from(take(name)?))),
             None => None,
         };
         let mut streams = Vec::with_capacity(state.connections.len());
@@ -194,7 +198,10 @@ impl Server {
                 PhaseState::WritingThenExit => Phase::Writing(After::Exit),
                 PhaseState::Registered => Phase::Registered,
             };
-            let deadline = now + Duration::from_millis(c.deadline_ms.unwrap_or(0));
+            // A deadline too far to represent is as good as none (and must not overflow).
+            let deadline = now
+                .checked_add(Duration::from_millis(c.deadline_ms.unwrap_or(0)))
+                .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
             let mut conn = Connection::new(
                 mio::net::TcpStream::from_std(stream),
                 peer,
@@ -268,7 +275,7 @@ impl Server {
             state.stats.counters.iter().map(|(k, v)| (k.as_str(), *v)),
             state.stats.requests.iter().map(|(k, v)| (k.as_str(), *v)),
         );
-        server.stats.handovers = state.stats.handovers + u64::from(handover);
+        server.stats.handovers = state.stats.handovers.saturating_add(u64::from(handover));
         server.inherited_memfd = inherited_memfd;
         server.shared_fds = true;
         server.started = now
@@ -314,8 +321,9 @@ impl Server {
     }
 }
 
-/// The default fd name of the connection with `token` (unique across processes, since a
-/// restored connection keeps its name while tokens start again).
+/// The default fd name of the connection with `token`: unique across processes (a restored
+/// connection keeps its name while tokens start again), through this process's random
+/// incarnation id rather than its pid, which repeats (pid 1 in every container start).
 pub fn conn_name(token: Token) -> String {
-    format!("conn-{}-{}", std::process::id(), token.0)
+    format!("conn-{:016x}-{}", super::fdstore::incarnation(), token.0)
 }

@@ -169,8 +169,9 @@ pub struct Server {
     shutdown_requested: Option<Shutdown>,
     ready_sent: bool,
     fdstore: Option<fdstore::FdStore>,
-    /// The fd-store memfd received in a hand-over, until the fd store is enabled.
-    inherited_memfd: Option<std::fs::File>,
+    /// The fd-store state (name, memfd) received in a hand-over, until the fd store is
+    /// enabled.
+    inherited_memfd: Option<(String, std::fs::File)>,
     /// Connection fds may also be held by another process (fd store, hand-over), so they
     /// must be deregistered explicitly before they are closed.
     shared_fds: bool,
@@ -369,7 +370,7 @@ impl Server {
             self.accept_paused_until,
             self.watchdog.map(|(_, next)| next),
             self.status_due,
-            self.fdstore.as_ref().and_then(|s| s.next_flush()),
+            self.fdstore.as_ref().and_then(|s| s.next_wakeup()),
             self.next_admin_deadline(),
         ]
         .into_iter()
@@ -852,8 +853,8 @@ impl Server {
             let name = conn.fd_name(token);
             self.fd_store_closed(token, &name, registered);
         }
-        self.stats.bytes_in += conn.bytes_in;
-        self.stats.bytes_out += conn.bytes_out;
+        self.stats.bytes_in = self.stats.bytes_in.saturating_add(conn.bytes_in);
+        self.stats.bytes_out = self.stats.bytes_out.saturating_add(conn.bytes_out);
         if !conn.local {
             let source = source::source_key(conn.peer.ip(), self.config.caps.ipv6_source_prefix);
             if let Some(n) = self.per_source.get_mut(&source) {

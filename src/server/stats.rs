@@ -137,7 +137,8 @@ impl Stats {
                 return;
             }
         };
-        *self.requests.entry(key).or_default() += 1;
+        let n = self.requests.entry(key).or_default();
+        *n = n.saturating_add(1);
     }
 
     /// Counts a silent close caused by the request itself.

@@ -58,6 +58,10 @@ mod supervisor;
 // Registrations kept in the fd store across kill -9, STOP/close removal, hand-over + crash.
 mod fdstore;
 
+// Faults of the fd store: pid-1 restarts, torn or unusable states, a slow service manager,
+// stray fds after a hand-over.
+mod fdstore_faults;
+
 // Hostile input: a table of 40+ malformed and abusive requests, outcomes and counters.
 mod hostile;
 

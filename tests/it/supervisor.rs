@@ -57,6 +57,8 @@ pub(crate) struct Stored {
     pub(crate) fd: OwnedFd,
     /// `st_dev` and `st_ino`, to recognise the same file sent again.
     id: (u64, u64),
+    /// For a state memfd: its contents when it was stored (to check it never changes).
+    contents_when_stored: Option<Vec<u8>>,
 }
 
 /// One notification datagram.
@@ -102,6 +104,9 @@ pub(crate) struct Supervisor {
     messages: Vec<Message>,
     /// Fds received that were already in the store (and so ignored).
     duplicates: usize,
+    /// Whether `FDSTOREREMOVE=1` of state names is ignored (as if the daemon had crashed
+    /// right after storing a new state, before removing the old one).
+    keep_old_states: bool,
 }
 
 impl Supervisor {
@@ -136,7 +141,45 @@ impl Supervisor {
             store: Vec::new(),
             messages: Vec::new(),
             duplicates: 0,
+            keep_old_states: false,
         }
+    }
+
+    /// Binds a notification socket with a receive buffer of `bytes` (the kernel's minimum
+    /// if smaller): a service manager slow to read fills up after a few notifications.
+    pub(crate) fn with_receive_buffer(bytes: usize) -> Supervisor {
+        let sup = Supervisor::new();
+        let size = libc::c_int::try_from(bytes).expect("buffer size");
+        // SAFETY: setsockopt reads an int from a valid pointer of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                sup.notify.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        sup
+    }
+
+    /// Whether to ignore `FDSTOREREMOVE=1` of state documents from now on (see
+    /// `keep_old_states`).
+    pub(crate) fn set_keep_old_states(&mut self, keep: bool) {
+        self.keep_old_states = keep;
+    }
+
+    /// Puts `fd` in the store under `name` (as if the daemon had stored it).
+    pub(crate) fn store_fd(&mut self, name: &str, fd: OwnedFd) {
+        let id = file_id(&fd);
+        let contents_when_stored = is_state_name(name).then(|| read_all(&fd));
+        self.store.push(Stored {
+            name: name.to_owned(),
+            fd,
+            id,
+            contents_when_stored,
+        });
     }
 
     /// The port of the listening socket (the daemon's epmd port).
@@ -149,6 +192,19 @@ impl Supervisor {
     /// and `FDSTORE=<max>` when `fdstore_env` is given (systemd 254+ sets it when
     /// `FileDescriptorStoreMax=` is non-zero).
     pub(crate) fn spawn(&self, args: &[&str], fdstore_env: Option<usize>) -> Supervised {
+        self.spawn_with(args, fdstore_env, false)
+    }
+
+    /// Like [`Supervisor::spawn`], in a new PID namespace when `pid_namespace` is set
+    /// (`unshare --pid --fork --kill-child`): the daemon is pid 1 there, as in a container,
+    /// every time it starts. Its notifications then say `MAINPID=1`;
+    /// [`Supervised::pid`] is the pid of `unshare`, whose death kills the daemon.
+    pub(crate) fn spawn_with(
+        &self,
+        args: &[&str],
+        fdstore_env: Option<usize>,
+        pid_namespace: bool,
+    ) -> Supervised {
         let mut fds: Vec<RawFd> = vec![self.listener.as_raw_fd()];
         let mut names: Vec<&str> = vec![LISTENER_NAME];
         for s in &self.store {
@@ -156,7 +212,18 @@ impl Supervisor {
             names.push(&s.name);
         }
         let count = fds.len();
-        let mut cmd = Command::new("/bin/sh");
+        let mut cmd = if pid_namespace {
+            let mut c = Command::new("unshare");
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                // Unprivileged: a user namespace grants the right to make a PID namespace.
+                c.args(["--user", "--map-root-user"]);
+            }
+            c.args(["--pid", "--fork", "--kill-child", "/bin/sh"]);
+            c
+        } else {
+            Command::new("/bin/sh")
+        };
         cmd.arg("-c")
             .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
             .arg(BIN)
@@ -311,15 +378,17 @@ impl Supervisor {
                     self.duplicates += 1;
                     continue;
                 }
+                let contents_when_stored = is_state_name(&name).then(|| read_all(&fd));
                 self.store.push(Stored {
                     name: name.clone(),
                     fd,
                     id,
+                    contents_when_stored,
                 });
             }
         }
         // Fds sent with anything but FDSTORE=1 are closed (dropped here), as systemd does.
-        if message.has("FDSTOREREMOVE", "1") {
+        if message.has("FDSTOREREMOVE", "1") && !(self.keep_old_states && is_state_name(&name)) {
             self.store.retain(|s| s.name != name);
         }
     }
@@ -398,28 +467,52 @@ impl Supervisor {
             .collect()
     }
 
-    /// The contents of the stored `state` memfd (read with `pread`, so the daemon's file
+    /// The names of the stored state documents (`state`, `state-<n>`), in store order.
+    pub(crate) fn state_names(&self) -> Vec<String> {
+        self.store
+            .iter()
+            .filter(|s| is_state_name(&s.name))
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// The contents of the stored state memfd (read with `pread`, so the daemon's file
     /// offset is untouched), if exactly one is stored.
     pub(crate) fn state_bytes(&self) -> Option<Vec<u8>> {
-        let mut stored = self.store.iter().filter(|s| s.name == "state");
+        let mut stored = self.store.iter().filter(|s| is_state_name(&s.name));
         let s = stored.next()?;
         if stored.next().is_some() {
             return None;
         }
-        let file = File::from(s.fd.try_clone().ok()?);
-        let len = file.metadata().ok()?.len() as usize;
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match file.read_at(&mut buf[got..], got as u64) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return None,
-            }
-        }
-        buf.truncate(got);
-        Some(buf)
+        Some(read_all(&s.fd))
+    }
+
+    /// The stored state document with the highest number (`state-<n>`), as JSON, if one
+    /// is stored and parses.
+    pub(crate) fn newest_state(&self) -> Option<serde_json::Value> {
+        let newest = self
+            .store
+            .iter()
+            .filter(|s| is_state_name(&s.name))
+            .max_by_key(|s| {
+                s.name
+                    .strip_prefix("state-")
+                    .and_then(|n| n.parse::<u64>().ok())
+            })?;
+        serde_json::from_slice(&read_all(&newest.fd)).ok()
+    }
+
+    /// Stored state documents whose contents changed after they were stored, by name.
+    pub(crate) fn changed_states(&self) -> Vec<String> {
+        self.store
+            .iter()
+            .filter(|s| {
+                s.contents_when_stored
+                    .as_ref()
+                    .is_some_and(|c| *c != read_all(&s.fd))
+            })
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// The stored state document as JSON, if one is stored and it parses (the daemon may be
@@ -441,6 +534,33 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.notify_path);
     }
+}
+
+/// Whether `name` names a state document in the store.
+pub(crate) fn is_state_name(name: &str) -> bool {
+    name == "state" || name.starts_with("state-")
+}
+
+/// The whole contents of a file (with `pread`, so no file offset moves); empty if it
+/// cannot be read.
+fn read_all(fd: &OwnedFd) -> Vec<u8> {
+    let Ok(copy) = fd.try_clone() else {
+        return Vec::new();
+    };
+    let file = File::from(copy);
+    let len = file.metadata().map_or(0, |m| m.len() as usize);
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    buf.truncate(got);
+    buf
 }
 
 /// `st_dev` and `st_ino` of an fd.
