@@ -119,6 +119,9 @@ REGS0=$(registrations)
 echo "registrations: $(echo "$REGS0" | tr '\n' ';')"
 check test "$(echo "$REGS0" | wc -l)" = 2
 PORT_A=$(port_of a) PORT_B=$(port_of b)
+# STATUS= follows the registrations (at most once a second).
+for _ in $(seq 1 300); do case "$(prop StatusText)" in *"2 nodes registered"*) break ;; esac; sleep 0.01; done
+check test "$(prop StatusText)" = "Processing port mapping requests; 2 nodes registered"
 touch /tmp/b.run   # b pings a
 for _ in $(seq 1 200); do read -r ok _ < <(pings b); [ "$ok" -ge 3 ] && break; sleep 0.05; done
 rm -f /tmp/b.run; sleep 0.3
@@ -162,6 +165,8 @@ check systemctl restart "$U"
 new=$(wait_new_mainpid "$old" 20) || fail "restart: no new MainPID"
 echo "FIGURE restart: systemctl restart -> new MainPID active in $(ms_since "$t0") ms"
 phase_end restart
+# The old process got SIGTERM and exited on its own (not killed).
+check grep -q "epmd-rs\[$old\]: signal 15: shutting down" < <(journalctl -b -q --no-pager -u "$U")
 check test "$(jcount 'with signal SIGKILL')" = 0
 check test "$(jcount 'left-over process')" = 0
 
