@@ -69,6 +69,10 @@ regs_check() { # $1 phase: same names, creations and connections (peer address) 
   else fail "$1: registrations changed: was [$REGS0] now [$now]"; fi
 }
 phase_end() { # $1 phase
+  local ok0 ok
+  # At least two pings after the event, however slow the machine (bounded: 10 s).
+  read -r ok0 _ <<< "$PINGS0"
+  for _ in $(seq 1 200); do read -r ok _ < <(pings a); [ "$ok" -ge $((ok0 + 2)) ] && break; sleep 0.05; done
   lookups_stop "$1"; pings_check "$1" "$PINGS0"; regs_check "$1"
   check test "$(prop ActiveState)" = active
 }
