@@ -162,6 +162,15 @@ for _ in $(seq 1 100); do [ "$(cgroup_procs | wc -l)" = 1 ] && break; sleep 0.02
 check test "$(cgroup_procs | wc -l)" = 1    # one daemon, not two
 check test "$(jcount 'not our child')" = 0
 
+echo "== epmd-rs admin upgrade (the hand-over asked for over the admin socket)"
+phase_start
+old=$(mainpid)
+check epmd-rs admin upgrade
+new=$(wait_new_mainpid "$old" 10) || fail "admin upgrade: no new MainPID"
+check test "$(ppid_of "$new")" = 1
+phase_end "admin upgrade"
+check test "$(jcount 'not our child')" = 0
+
 echo "== systemctl restart (fd store)"
 phase_start
 old=$(mainpid); t0=$(date +%s.%N)
