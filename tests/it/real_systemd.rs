@@ -3,9 +3,10 @@
 //! PID 1 of a throwaway `systemd-nspawn` container (private network, so 4369 inside is not
 //! the host's), installs the daemon binary of this build and the units, and runs
 //! `tests/real-systemd/epmd-rs-service.sh` inside: socket activation, READY and STATUS, the
-//! sandbox, `admin`, two real Erlang nodes across 50 reloads, a restart, a `kill -9` and a
-//! watchdog expiry with lookups in a loop, the watchdog after a reload, a failed reload,
-//! journal levels, and a clean stop. See tests/real-systemd/README.md.
+//! sandbox, `admin`, two real Erlang nodes across 50 reloads, an `admin upgrade`, a
+//! restart, a `kill -9` and a watchdog expiry with lookups in a loop, the watchdog after a
+//! reload, a failed reload, journal levels, and a clean stop. See
+//! tests/real-systemd/README.md.
 //!
 //! Needs root and `systemd-nspawn` (Debian `systemd-container`); without them the test says
 //! so on stderr and passes without running (`make test` prints the same before it starts).
