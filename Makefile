@@ -7,8 +7,8 @@ PORT ?= 4369
 # systemd-socket-activate and systemd-analyze (systemd), network namespaces (iproute2),
 # and man for rendering the generated man page (man-db).
 DEB_PACKAGES := erlang-base systemd iproute2 man-db
-# systemd-nspawn for the real-systemd tests (root only), without its recommends.
-DEB_PACKAGES_NO_RECOMMENDS := systemd-container
+# systemd-nspawn and python3 for the real-systemd tests (root only), without recommends.
+DEB_PACKAGES_NO_RECOMMENDS := systemd-container python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run build test deps bench fuzz fuzz-ci lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd
@@ -53,7 +53,7 @@ deps:
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEB_PACKAGES); \
 	fi
-	@if [ "$$(id -u)" = 0 ] && ! command -v systemd-nspawn >/dev/null; then \
+	@if [ "$$(id -u)" = 0 ] && { ! command -v systemd-nspawn >/dev/null || ! command -v python3 >/dev/null; }; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 			--no-install-recommends $(DEB_PACKAGES_NO_RECOMMENDS); \
 	fi

@@ -3,12 +3,14 @@
 //! PID 1 of a throwaway `systemd-nspawn` container (private network, so 4369 inside is not
 //! the host's), installs the daemon binary of this build and the units, and runs
 //! `tests/real-systemd/epmd-rs-service.sh` inside: socket activation, READY and STATUS, the
-//! sandbox, `admin`, two real Erlang nodes across 50 reloads, a restart, a `kill -9` and a
-//! watchdog expiry with lookups in a loop, the watchdog after a reload, a failed reload,
-//! journal levels, and a clean stop. See tests/real-systemd/README.md.
+//! sandbox, `admin`, two real Erlang nodes across 50 reloads, an `admin upgrade`, a
+//! restart, a `kill -9` and a watchdog expiry with lookups in a loop, the watchdog after a
+//! reload, a failed reload, journal levels, and a clean stop. See
+//! tests/real-systemd/README.md.
 //!
-//! Needs root and `systemd-nspawn` (Debian `systemd-container`); without them the test says
-//! so on stderr and passes without running (`make test` prints the same before it starts).
+//! Needs root, `systemd-nspawn` (Debian `systemd-container`) and mount namespaces; without
+//! them the test says so on stderr and passes without running (`make test` prints which
+//! before it starts).
 //! `EPMD_RS_SKIP_REAL_SYSTEMD=1` skips it explicitly.
 
 use std::path::Path;
@@ -21,6 +23,9 @@ use crate::sysd_support::run;
 /// Above the script's own limits (60 s boot, 240 + 30 s test, 30 s teardown), which end
 /// the container in order first.
 const RUN_TIMEOUT: Duration = Duration::from_secs(400);
+
+/// How long the mount-namespace probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the real-systemd tests cannot run here, if they cannot.
 fn unavailable() -> Option<String> {
@@ -40,6 +45,17 @@ fn unavailable() -> Option<String> {
     }
     if !Path::new("/lib/systemd/systemd").exists() {
         return Some("no /lib/systemd/systemd".to_owned());
+    }
+    // Root without the right to make mount namespaces (an unprivileged container).
+    let probe = run(
+        Command::new("unshare").args(["--mount", "true"]),
+        PROBE_TIMEOUT,
+    );
+    if !probe.status.success() {
+        return Some(format!(
+            "`unshare --mount true` failed ({}): no mount namespaces here",
+            probe.status
+        ));
     }
     None
 }

@@ -729,6 +729,16 @@ fn admin_config_names_the_sockets_systemd_passed() {
         .map(|i| crate::support::daemon::DetachedDaemon::on_port(activated.port(i)))
         .collect();
     let (p4, p6) = (activated.port(0), activated.port(1));
+    // The daemon runs our binary by now; its admin socket may still be a moment away.
+    assert!(
+        poll_true(START_TIMEOUT, || std::os::unix::net::UnixStream::connect(
+            &admin
+        )
+        .is_ok()),
+        "no admin socket at {}\n{}",
+        admin.display(),
+        activated.stderr_text()
+    );
     let shown = || {
         let entries = crate::handover::admin_json(&admin, "config");
         let find = |key: &str| {

@@ -69,6 +69,10 @@ regs_check() { # $1 phase: same names, creations and connections (peer address) 
   else fail "$1: registrations changed: was [$REGS0] now [$now]"; fi
 }
 phase_end() { # $1 phase
+  local ok0 ok
+  # At least two pings after the event, however slow the machine (bounded: 10 s).
+  read -r ok0 _ <<< "$PINGS0"
+  for _ in $(seq 1 200); do read -r ok _ < <(pings a); [ "$ok" -ge $((ok0 + 2)) ] && break; sleep 0.05; done
   lookups_stop "$1"; pings_check "$1" "$PINGS0"; regs_check "$1"
   check test "$(prop ActiveState)" = active
 }
@@ -119,6 +123,9 @@ REGS0=$(registrations)
 echo "registrations: $(echo "$REGS0" | tr '\n' ';')"
 check test "$(echo "$REGS0" | wc -l)" = 2
 PORT_A=$(port_of a) PORT_B=$(port_of b)
+# STATUS= follows the registrations (at most once a second).
+for _ in $(seq 1 300); do case "$(prop StatusText)" in *"2 nodes registered"*) break ;; esac; sleep 0.01; done
+check test "$(prop StatusText)" = "Processing port mapping requests; 2 nodes registered"
 touch /tmp/b.run   # b pings a
 for _ in $(seq 1 200); do read -r ok _ < <(pings b); [ "$ok" -ge 3 ] && break; sleep 0.05; done
 rm -f /tmp/b.run; sleep 0.3
@@ -155,6 +162,15 @@ for _ in $(seq 1 100); do [ "$(cgroup_procs | wc -l)" = 1 ] && break; sleep 0.02
 check test "$(cgroup_procs | wc -l)" = 1    # one daemon, not two
 check test "$(jcount 'not our child')" = 0
 
+echo "== epmd-rs admin upgrade (the hand-over asked for over the admin socket)"
+phase_start
+old=$(mainpid)
+check epmd-rs admin upgrade
+new=$(wait_new_mainpid "$old" 10) || fail "admin upgrade: no new MainPID"
+check test "$(ppid_of "$new")" = 1
+phase_end "admin upgrade"
+check test "$(jcount 'not our child')" = 0
+
 echo "== systemctl restart (fd store)"
 phase_start
 old=$(mainpid); t0=$(date +%s.%N)
@@ -162,6 +178,8 @@ check systemctl restart "$U"
 new=$(wait_new_mainpid "$old" 20) || fail "restart: no new MainPID"
 echo "FIGURE restart: systemctl restart -> new MainPID active in $(ms_since "$t0") ms"
 phase_end restart
+# The old process got SIGTERM and exited on its own (not killed).
+check grep -q "epmd-rs\[$old\]: signal 15: shutting down" < <(journalctl -b -q --no-pager -u "$U")
 check test "$(jcount 'with signal SIGKILL')" = 0
 check test "$(jcount 'left-over process')" = 0
 

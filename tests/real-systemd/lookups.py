@@ -54,7 +54,7 @@ while not os.path.exists(stop):
         if len(reasons) < 5:
             reasons.append(f"{time.strftime('%T')} {addr} {name.decode()}: {e!r}")
     slowest = max(slowest, time.monotonic() - t0)
-    time.sleep(0.002)
+    time.sleep(0.005)
 with open(out + ".tmp", "w") as f:
     f.write(f"{ok} {failed} {slowest * 1000:.0f}\n")
     for r in reasons:
