@@ -24,6 +24,9 @@ use crate::support::wait::poll_until;
 /// 189 of 200 never stored).
 const BURST: usize = 200;
 
+/// The burst comes in this many batches.
+const BATCHES: usize = 4;
+
 /// How long a burst may take to reach the store once the service manager reads again.
 const BURST_STORE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -256,23 +259,33 @@ fn fd_store_notifications_wait_for_a_slow_service_manager() {
     let args = daemon_args(&port_s, &admin, &["--fd-store"]);
     let d = start(&mut sup, &args, None);
 
-    // The supervisor reads nothing while the burst goes on.
+    // The supervisor reads nothing while the burst goes on. It comes in batches, each
+    // queued by a rewrite of its own while the socket is full, so that a newer state
+    // meets an older one still waiting in the queue.
     let names: Vec<String> = (0..BURST).map(|i| format!("burst{i:03}")).collect();
     let mut conns = Vec::with_capacity(BURST);
-    for (i, name) in names.iter().enumerate() {
-        conns.push(raw::register(port, name, 41000 + i as u16, 6).0);
+    let mut last_pending = 0;
+    for batch in names.chunks(BURST / BATCHES) {
+        for name in batch {
+            let i = conns.len();
+            conns.push(raw::register(port, name, 41000 + i as u16, 6).0);
+        }
+        // The next rewrite (at most MIN_FLUSH_INTERVAL away) queues the batch: the
+        // socket has no room for it.
+        let queued = poll_until(NOTIFY_TIMEOUT, || {
+            let pending = admin_json(&admin, "stats")["fd_store"]["pending"]
+                .as_u64()
+                .unwrap_or(0);
+            (pending > last_pending).then_some(pending)
+        });
+        last_pending = queued.unwrap_or_else(|| {
+            panic!(
+                "the batch did not wait for the service manager (the test does not exercise \
+                 the queue): {}",
+                admin_json(&admin, "stats")
+            )
+        });
     }
-    // The next rewrite (at most MIN_FLUSH_INTERVAL away) queues every connection; they
-    // cannot all fit in the socket.
-    let waiting = poll_until(NOTIFY_TIMEOUT, || {
-        let stats = admin_json(&admin, "stats");
-        (stats["fd_store"]["pending"].as_u64().unwrap_or(0) > 0).then_some(stats)
-    });
-    assert!(
-        waiting.is_some(),
-        "nothing waited for the service manager (the test does not exercise the queue): {}",
-        admin_json(&admin, "stats")
-    );
 
     // Now it reads: every registration reaches the store.
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -301,6 +314,11 @@ fn fd_store_notifications_wait_for_a_slow_service_manager() {
     })
     .expect("notifications still pending");
     assert_eq!(counts["failed"], 0, "{counts}");
+    assert_eq!(
+        sup.stored_before_listed(),
+        &[] as &[String],
+        "connections stored before a state that lists them"
+    );
     assert!(
         counts["stored"].as_u64().unwrap_or(0) > BURST as u64,
         "{BURST} connections and at least one state stored: {counts}"
