@@ -75,7 +75,8 @@ fuzz:
 FUZZ_CI_SECONDS ?= 10
 fuzz-ci:
 	@work=$$(mktemp -d) && trap 'rm -rf "$$work"' EXIT && \
-		CARGO="$(CARGO)" FUZZ_FALLBACK=1 FUZZ_WORK_CORPUS=$$work fuzz/run.sh $(FUZZ_CI_SECONDS)
+		CARGO="$(CARGO)" FUZZ_FALLBACK=1 FUZZ_QUIET=1 FUZZ_WORK_CORPUS=$$work \
+		fuzz/run.sh $(FUZZ_CI_SECONDS)
 
 # Formatting and lints, as CI checks them.
 lint: fmt clippy

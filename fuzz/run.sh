@@ -14,6 +14,8 @@
 # FUZZ_FALLBACK=1 (CI): if the targets cannot be built (no C++ compiler, say), say so and
 # run the fuzz bodies in-process instead (`cargo test --lib fuzzing::`: the committed corpus
 # and a bounded pseudo-random loop), so the step still checks the oracles.
+# FUZZ_QUIET=1 (CI): libFuzzer's progress goes to a log, shown (its end) only on failure.
+# FUZZ_TARGET_DIR: where the targets are built (default fuzz/target).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,6 +27,7 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 cargo=${CARGO:-cargo}
 work=${FUZZ_WORK_CORPUS:-work-corpus}
+target_dir=${FUZZ_TARGET_DIR:-target}
 host=$($cargo --version >/dev/null && rustc -vV | sed -n 's/^host: //p')
 
 # The flags cargo-fuzz passes for `--sanitizer none` (coverage counters, the PC table and
@@ -37,7 +40,8 @@ flags+=" -Cllvm-args=-sanitizer-coverage-trace-compares"
 flags+=" --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 
 # --target: the flags apply to the targets only, not to build scripts.
-if ! RUSTFLAGS="$flags" $cargo build --locked --release --target "$host" --bins; then
+if ! RUSTFLAGS="$flags" $cargo build --locked --release --target "$host" \
+	--target-dir "$target_dir" --bins; then
 	if [ "${FUZZ_FALLBACK:-0}" = 1 ]; then
 		echo "fuzz: the libFuzzer targets could not be built (see above);" \
 			"running the fuzz bodies in-process instead (cargo test --lib fuzzing::)" >&2
@@ -50,10 +54,15 @@ summary=()
 for t in "${targets[@]}"; do
 	mkdir -p "$work/$t" "artifacts/$t"
 	log=$(mktemp)
+	show=(tee "$log")
+	if [ "${FUZZ_QUIET:-0}" = 1 ]; then
+		show=(cp /dev/stdin "$log")
+	fi
 	# -max_total_time ends the run; the timeout is a guard against a hung target.
-	if ! timeout $((seconds + 60)) "target/$host/release/$t" "$work/$t" "corpus/$t" \
+	if ! timeout $((seconds + 60)) "$target_dir/$host/release/$t" "$work/$t" "corpus/$t" \
 		-max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
-		2>&1 | tee "$log"; then
+		2>&1 | "${show[@]}"; then
+		[ "${FUZZ_QUIET:-0}" = 1 ] && tail -n 60 "$log" >&2
 		echo "fuzz: target $t FAILED; its input is in fuzz/artifacts/$t/" >&2
 		rm -f "$log"
 		exit 1

@@ -350,6 +350,11 @@ fn restore_or_start_fresh(
     let mut docs = docs.into_iter();
     let conn_names: Vec<String> = conns.iter().map(|(n, _)| n.clone()).collect();
     if let Some((name, memfd, state)) = docs.next() {
+        // A server that fails half-built removes the admin socket's file as it goes; a
+        // second link to the socket puts it back for the fresh start.
+        let admin_link = spare_admin
+            .as_ref()
+            .and_then(|(_, path)| AdminLink::new(path));
         match restored_server(state, listeners, admin, conns, config.clone(), restore) {
             Ok(server) => {
                 restore.state = Some((name, memfd));
@@ -360,6 +365,9 @@ fn restore_or_start_fresh(
             Err(e) => {
                 warn!("stored state {name} cannot be restored: {e}; removing it");
                 restore.stale.push(name);
+                if let Some(link) = admin_link {
+                    link.restore();
+                }
             }
         }
     }
@@ -373,6 +381,47 @@ fn restore_or_start_fresh(
     restore.stale.sort();
     restore.stale.dedup();
     Server::new(spare_listeners, spare_admin, config).map_err(io_err("cannot start the event loop"))
+}
+
+/// A second hard link to the admin socket's file, made while a restore is tried: removed
+/// when dropped, or moved back to the socket's path with [`AdminLink::restore`].
+struct AdminLink {
+    path: std::path::PathBuf,
+    link: std::path::PathBuf,
+}
+
+impl AdminLink {
+    /// Links `path` to `path.restore-<pid>`; `None` if that fails (then nothing is put
+    /// back).
+    fn new(path: &Path) -> Option<AdminLink> {
+        let mut link = path.as_os_str().to_owned();
+        link.push(format!(".restore-{}", std::process::id()));
+        let link = std::path::PathBuf::from(link);
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(path, &link).ok()?;
+        Some(AdminLink {
+            path: path.to_path_buf(),
+            link,
+        })
+    }
+
+    /// Puts the socket's file back at its path if it is gone.
+    fn restore(self) {
+        if !self.path.exists() {
+            if let Err(e) = std::fs::rename(&self.link, &self.path) {
+                warn!(
+                    "cannot put back the admin socket {}: {e}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for AdminLink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.link);
+    }
 }
 
 /// Why a stored state document was not used.

@@ -345,9 +345,16 @@ impl Server {
         };
         let name = state_name(store.next_number);
         store.next_number = store.next_number.saturating_add(1);
-        // A newer state replaces one still waiting: the older one need never be stored.
-        store.queue.retain(|o| !matches!(o, Outgoing::State { .. }));
-        push(store, Outgoing::State { name, memfd });
+        // A newer state takes the place of one still waiting (the older one need never be
+        // stored): connections queued behind it stay behind a state that lists them.
+        let waiting = store
+            .queue
+            .iter_mut()
+            .find(|o| matches!(o, Outgoing::State { .. }));
+        match waiting {
+            Some(slot) => *slot = Outgoing::State { name, memfd },
+            None => push(store, Outgoing::State { name, memfd }),
+        }
         let pending = std::mem::take(&mut store.pending);
         for token in pending {
             let Some(conn) = self.conns.get(&token) else {

@@ -24,6 +24,9 @@ use crate::support::wait::poll_until;
 /// 189 of 200 never stored).
 const BURST: usize = 200;
 
+/// The burst comes in this many batches.
+const BATCHES: usize = 4;
+
 /// How long a burst may take to reach the store once the service manager reads again.
 const BURST_STORE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -168,21 +171,39 @@ fn fd_store_never_rewrites_a_stored_state_and_restores_the_newest() {
     drop(d2);
 }
 
-/// A stored state the daemon cannot restore (here: not JSON, under the name an older
-/// build used) does not stop it: it logs why, removes the state and the stored
-/// connections from the store, and serves with an empty registry (before the fix it
-/// exited 1, and `Restart=on-failure` made that a crash loop).
+/// A stored state the daemon cannot restore does not stop it: it logs why, removes the
+/// state and the stored connections from the store, and serves with an empty registry and
+/// its admin socket (before the fix it exited 1, and `Restart=on-failure` made that a crash
+/// loop). Two kinds: a torn document that does not parse (under the name an older build
+/// used), and one that parses but is inconsistent (two old slots of one name), which fails
+/// only once the restore has started.
 #[test]
 fn an_unrestorable_stored_state_is_dropped_and_the_daemon_serves_fresh() {
+    let torn: &[u8] = b"{\"format\":\"epmd-rs-state\",\"version\":1,\"torn";
+    let inconsistent: &[u8] = br#"{"format":"epmd-rs-state","version":1,"writer_pid":1,
+        "listeners":[],"admin":null,"connections":[],"registrations":[],
+        "old":[{"name":"dup","port":1,"fd_label":3,"creation":1},
+               {"name":"dup","port":2,"fd_label":4,"creation":2}],
+        "stats":{"requests":{},"counters":{},"handovers":0},"uptime_secs":0}"#;
+    for (what, name, doc) in [
+        ("torn", "state", torn),
+        ("inconsistent", "state-4", inconsistent),
+    ] {
+        serves_fresh_after(what, name, doc);
+    }
+}
+
+/// [`an_unrestorable_stored_state_is_dropped_and_the_daemon_serves_fresh`] for one stored
+/// document `doc` named `name`.
+fn serves_fresh_after(what: &str, name: &str, doc: &[u8]) {
     let dir = TempDir::new("fdf");
     let admin = dir.join("admin.sock");
     let mut sup = Supervisor::new();
     let port = sup.port();
     let port_s = port.to_string();
 
-    let garbage = memfd_with(b"{\"format\":\"epmd-rs-state\",\"version\":1,\"torn");
-    sup.store_fd("state", garbage);
-    // A stored connection the garbage cannot name.
+    sup.store_fd(name, memfd_with(doc));
+    // A stored connection the document cannot name.
     let other = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     let client = TcpStream::connect(other.local_addr().expect("addr")).expect("connect");
     let (_served, _) = other.accept().expect("accept");
@@ -197,26 +218,30 @@ fn an_unrestorable_stored_state_is_dropped_and_the_daemon_serves_fresh() {
             .any(|m| m.has("READY", "1") && m.has("MAINPID", &d.pid().to_string()))
     }) {
         panic!(
-            "no READY=1 from a daemon started with an unrestorable state; exit: {:?}\nstderr:\n{}",
+            "{what}: no READY=1 from a daemon started with an unrestorable state; exit: {:?}\n\
+             stderr:\n{}",
             d.wait_exit(Duration::from_millis(100)),
             d.stderr_text()
         );
     }
-    assert_eq!(names_of(port), BTreeMap::new());
+    assert_eq!(names_of(port), BTreeMap::new(), "{what}");
     sup.expect(
-        "the unusable state and connection removed from the store",
+        &format!("{what}: the unusable state and connection removed from the store"),
         NOTIFY_TIMEOUT,
-        |s| s.stored_count("state") == 0 && s.stored_count("conn-0123456789abcdef-64") == 0,
+        |s| s.stored_count(name) == 0 && s.stored_count("conn-0123456789abcdef-64") == 0,
     );
     let stderr = d.stderr_text();
     assert!(
         stderr.contains("cannot be restored"),
-        "no warning about the state:\n{stderr}"
+        "{what}: no warning about the state:\n{stderr}"
     );
+    // The admin socket serves (a restore that failed half-way must not take it along).
+    let stats = admin_json(&admin, "stats");
+    assert_eq!(stats["registrations"], 0, "{what}: {stats}");
     // And it keeps its own state from here on.
     let (_n, _) = raw::register(port, "fresh_a", 40091, 6);
     let stored = wait_stored_by(&mut sup, &["fresh_a"], Some(d.pid()));
-    assert_eq!(stored.len(), 1);
+    assert_eq!(stored.len(), 1, "{what}");
     drop(d);
 }
 
@@ -234,23 +259,33 @@ fn fd_store_notifications_wait_for_a_slow_service_manager() {
     let args = daemon_args(&port_s, &admin, &["--fd-store"]);
     let d = start(&mut sup, &args, None);
 
-    // The supervisor reads nothing while the burst goes on.
+    // The supervisor reads nothing while the burst goes on. It comes in batches, each
+    // queued by a rewrite of its own while the socket is full, so that a newer state
+    // meets an older one still waiting in the queue.
     let names: Vec<String> = (0..BURST).map(|i| format!("burst{i:03}")).collect();
     let mut conns = Vec::with_capacity(BURST);
-    for (i, name) in names.iter().enumerate() {
-        conns.push(raw::register(port, name, 41000 + i as u16, 6).0);
+    let mut last_pending = 0;
+    for batch in names.chunks(BURST / BATCHES) {
+        for name in batch {
+            let i = conns.len();
+            conns.push(raw::register(port, name, 41000 + i as u16, 6).0);
+        }
+        // The next rewrite (at most MIN_FLUSH_INTERVAL away) queues the batch: the
+        // socket has no room for it.
+        let queued = poll_until(NOTIFY_TIMEOUT, || {
+            let pending = admin_json(&admin, "stats")["fd_store"]["pending"]
+                .as_u64()
+                .unwrap_or(0);
+            (pending > last_pending).then_some(pending)
+        });
+        last_pending = queued.unwrap_or_else(|| {
+            panic!(
+                "the batch did not wait for the service manager (the test does not exercise \
+                 the queue): {}",
+                admin_json(&admin, "stats")
+            )
+        });
     }
-    // The next rewrite (at most MIN_FLUSH_INTERVAL away) queues every connection; they
-    // cannot all fit in the socket.
-    let waiting = poll_until(NOTIFY_TIMEOUT, || {
-        let stats = admin_json(&admin, "stats");
-        (stats["fd_store"]["pending"].as_u64().unwrap_or(0) > 0).then_some(stats)
-    });
-    assert!(
-        waiting.is_some(),
-        "nothing waited for the service manager (the test does not exercise the queue): {}",
-        admin_json(&admin, "stats")
-    );
 
     // Now it reads: every registration reaches the store.
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -279,6 +314,11 @@ fn fd_store_notifications_wait_for_a_slow_service_manager() {
     })
     .expect("notifications still pending");
     assert_eq!(counts["failed"], 0, "{counts}");
+    assert_eq!(
+        sup.stored_before_listed(),
+        &[] as &[String],
+        "connections stored before a state that lists them"
+    );
     assert!(
         counts["stored"].as_u64().unwrap_or(0) > BURST as u64,
         "{BURST} connections and at least one state stored: {counts}"

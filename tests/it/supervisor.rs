@@ -104,6 +104,9 @@ pub(crate) struct Supervisor {
     messages: Vec<Message>,
     /// Fds received that were already in the store (and so ignored).
     duplicates: usize,
+    /// Connections stored while no stored state listed them (the daemon must store a
+    /// state that lists a connection before the connection), by name.
+    stored_before_listed: Vec<String>,
     /// Whether `FDSTOREREMOVE=1` of state names is ignored (as if the daemon had crashed
     /// right after storing a new state, before removing the old one).
     keep_old_states: bool,
@@ -141,6 +144,7 @@ impl Supervisor {
             store: Vec::new(),
             messages: Vec::new(),
             duplicates: 0,
+            stored_before_listed: Vec::new(),
             keep_old_states: false,
         }
     }
@@ -371,6 +375,9 @@ impl Supervisor {
         // systemd's default name for fds stored without FDNAME=.
         let name = message.get("FDNAME").unwrap_or("stored").to_owned();
         if message.has("FDSTORE", "1") {
+            if name.starts_with("conn-") && !self.newest_state_lists(&name) {
+                self.stored_before_listed.push(name.clone());
+            }
             for fd in fds {
                 let id = file_id(&fd);
                 if self.store.iter().any(|s| s.id == id) {
@@ -500,6 +507,20 @@ impl Supervisor {
                     .and_then(|n| n.parse::<u64>().ok())
             })?;
         serde_json::from_slice(&read_all(&newest.fd)).ok()
+    }
+
+    /// Whether the newest stored state lists connection `name`.
+    fn newest_state_lists(&self, name: &str) -> bool {
+        self.newest_state().is_some_and(|st| {
+            st["connections"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["fd"] == name))
+        })
+    }
+
+    /// Connections that were stored while no stored state listed them.
+    pub(crate) fn stored_before_listed(&self) -> &[String] {
+        &self.stored_before_listed
     }
 
     /// Stored state documents whose contents changed after they were stored, by name.
