@@ -217,7 +217,10 @@ fn extra_bytes_after_a_registration_close_as_the_c_epmd() {
 #[test]
 fn accepted_differences_are_the_documented_ones() {
     let allow = Deliberate::load();
-    for key in crate::support::wire_run::ACCEPTED_KEYS {
+    for key in crate::difftest_cli::ACCEPTED_KEYS
+        .iter()
+        .chain(crate::support::wire_run::ACCEPTED_KEYS)
+    {
         allow.allow(key);
     }
     // And the parser really reads the doc: a key that is not there is refused.

@@ -22,6 +22,9 @@ mod limits;
 // Our epmd client against the C client, byte for byte, on every row of spec §8.
 mod client_compat;
 
+// Command-line differential test: 300+ generated command lines, C epmd vs epmd-rs.
+mod difftest_cli;
+
 // Wire differential test: generated scenarios against the C epmd and epmd-rs side by side.
 mod difftest_wire;
 

@@ -8,6 +8,8 @@
 #![allow(dead_code)]
 
 pub(crate) mod c_epmd;
+pub(crate) mod cli_cases;
+pub(crate) mod cli_run;
 pub(crate) mod daemon;
 pub(crate) mod deliberate;
 pub(crate) mod erl;

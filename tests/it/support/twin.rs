@@ -51,6 +51,8 @@ pub(crate) struct Foreground {
     stderr_path: PathBuf,
     /// Captured stdout.
     stdout_path: PathBuf,
+    /// epmd-rs's admin socket.
+    admin_path: PathBuf,
 }
 
 /// How many free ports [`Foreground::start`] tries when a daemon finds its port taken.
@@ -67,11 +69,15 @@ impl Foreground {
     ) -> Foreground {
         let stdout_path = tmp::unique_path("twin.stdout");
         let stderr_path = tmp::unique_path("twin.stderr");
+        // epmd-rs's admin socket in the test's scratch directory, never under /run, and
+        // unique even for two daemons on port 0 (the C epmd ignores the variable).
+        let admin_path = tmp::unique_path("admin.sock");
         let mut cmd = Command::new(program);
         for var in EPMD_ENV_VARS {
             cmd.env_remove(var);
         }
-        cmd.args(args)
+        cmd.env("EPMD_RS_ADMIN_SOCKET", &admin_path)
+            .args(args)
             .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(tmp::create_log(&stdout_path))
@@ -84,6 +90,7 @@ impl Foreground {
             port,
             stderr_path,
             stdout_path,
+            admin_path,
         }
     }
 
@@ -173,5 +180,6 @@ impl Drop for Foreground {
         let _ = self.child.wait();
         let _ = fs::remove_file(&self.stderr_path);
         let _ = fs::remove_file(&self.stdout_path);
+        let _ = fs::remove_file(&self.admin_path);
     }
 }
