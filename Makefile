@@ -11,7 +11,7 @@ DEB_PACKAGES := erlang-base systemd iproute2 man-db
 DEB_PACKAGES_NO_RECOMMENDS := systemd-container
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test deps bench fuzz fuzz-ci lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd
+.PHONY: run build test deps bench fuzz fuzz-ci lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd deb deb-lint
 
 # Installation layout (make install PREFIX=/usr DESTDIR=/tmp/stage).
 PREFIX ?= /usr/local
@@ -127,6 +127,16 @@ uninstall-as-epmd:
 	if [ "$(DIVERT)" = dpkg-divert ]; then \
 		dpkg-divert --local --rename --remove --divert $(ERTS_EPMD).c-epmd $(ERTS_EPMD); \
 	else mv $(ERTS_EPMD).c-epmd $(ERTS_EPMD); fi
+
+# The Debian packages epmd-rs and epmd-rs-as-epmd (release binary, or BIN=) into
+# $(DEB_OUT), with dpkg-dev's tools (debian/build-debs.sh); lintian checks them.
+DEB_OUT ?= target/debian
+deb: $(if $(BIN),,build)
+	debian/build-debs.sh $(INSTALL_BIN) $(DEB_OUT)
+
+# lintian on the packages built by `make deb`: any error or warning fails.
+deb-lint: deb
+	lintian --fail-on error,warning $(DEB_OUT)/*_$$(dpkg-parsechangelog -S Version)_*.deb
 
 # Remove build output.
 clean:
