@@ -64,3 +64,7 @@ mod netns;
 // The project's units under a real systemd 252 as PID 1 of a throwaway nspawn container:
 // activation, sandbox, Erlang nodes across reloads, restart, crash, watchdog, stop.
 mod real_systemd;
+
+// The Debian packages: lintian, then install, upgrade under load, epmd-rs-as-epmd and purge
+// in the real-systemd container with the host's erl.
+mod deb_package;
