@@ -5,8 +5,9 @@ CARGO ?= cargo
 PORT ?= 4369
 # Debian packages the tests need: real Erlang nodes and the C epmd (erlang-base),
 # systemd-socket-activate and systemd-analyze (systemd), network namespaces (iproute2),
-# and man for rendering the generated man page (man-db).
-DEB_PACKAGES := erlang-base systemd iproute2 man-db
+# man for rendering the generated man page (man-db), and building and checking the Debian
+# packages (dpkg-dev, lintian).
+DEB_PACKAGES := erlang-base systemd iproute2 man-db dpkg-dev lintian
 # systemd-nspawn for the real-systemd tests (root only), without its recommends.
 DEB_PACKAGES_NO_RECOMMENDS := systemd-container
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -49,7 +50,8 @@ test: deps
 # Install the Debian packages the tests use, if any of their commands is missing.
 deps:
 	@if ! command -v erl >/dev/null || ! command -v systemd-socket-activate >/dev/null \
-		|| ! command -v ip >/dev/null || ! command -v man >/dev/null; then \
+		|| ! command -v ip >/dev/null || ! command -v man >/dev/null \
+		|| ! command -v dpkg-gencontrol >/dev/null || ! command -v lintian >/dev/null; then \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEB_PACKAGES); \
 	fi
