@@ -5,13 +5,14 @@ CARGO ?= cargo
 PORT ?= 4369
 # Debian packages the tests need: real Erlang nodes and the C epmd (erlang-base),
 # systemd-socket-activate and systemd-analyze (systemd), network namespaces (iproute2),
-# and man for rendering the generated man page (man-db).
-DEB_PACKAGES := erlang-base systemd iproute2 man-db
-# systemd-nspawn and python3 for the real-systemd tests (root only), without recommends.
+# man for rendering the generated man page (man-db), and building and checking the Debian
+# packages (dpkg-dev, lintian).
+DEB_PACKAGES := erlang-base systemd iproute2 man-db dpkg-dev lintian
+# systemd-nspawn and python3 for the real-systemd tests (root only), without its recommends.
 DEB_PACKAGES_NO_RECOMMENDS := systemd-container python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test deps bench fuzz fuzz-ci lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd
+.PHONY: run build test deps bench fuzz fuzz-ci lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd deb deb-lint
 
 # Installation layout (make install PREFIX=/usr DESTDIR=/tmp/stage).
 PREFIX ?= /usr/local
@@ -49,7 +50,8 @@ test: deps
 # Install the Debian packages the tests use, if any of their commands is missing.
 deps:
 	@if ! command -v erl >/dev/null || ! command -v systemd-socket-activate >/dev/null \
-		|| ! command -v ip >/dev/null || ! command -v man >/dev/null; then \
+		|| ! command -v ip >/dev/null || ! command -v man >/dev/null \
+		|| ! command -v dpkg-gencontrol >/dev/null || ! command -v lintian >/dev/null; then \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEB_PACKAGES); \
 	fi
@@ -128,6 +130,16 @@ uninstall-as-epmd:
 	if [ "$(DIVERT)" = dpkg-divert ]; then \
 		dpkg-divert --local --rename --remove --divert $(ERTS_EPMD).c-epmd $(ERTS_EPMD); \
 	else mv $(ERTS_EPMD).c-epmd $(ERTS_EPMD); fi
+
+# The Debian packages epmd-rs and epmd-rs-as-epmd (release binary, or BIN=) into
+# $(DEB_OUT), with dpkg-dev's tools (debian/build-debs.sh); lintian checks them.
+DEB_OUT ?= target/debian
+deb: $(if $(BIN),,build)
+	debian/build-debs.sh $(INSTALL_BIN) $(DEB_OUT)
+
+# lintian on the packages built by `make deb`: any error or warning fails.
+deb-lint: deb
+	lintian --fail-on error,warning $(DEB_OUT)/*_$$(dpkg-parsechangelog -S Version)_*.deb
 
 # Remove build output.
 clean:

@@ -80,3 +80,7 @@ mod real_systemd;
 
 // The per-source cap counts an IPv6 /64 as one source (a namespace with IPv6 addresses).
 mod netns_v6;
+
+// The Debian packages: lintian, then install, upgrade under load, epmd-rs-as-epmd and purge
+// in the real-systemd container with the host's erl.
+mod deb_package;
