@@ -102,6 +102,21 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Action::Doctor { args, port } => match epmd_rs::doctor::Options::from_args(&args, port) {
+            Ok(opts) => {
+                let report = epmd_rs::doctor::run(&opts);
+                if args.json {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                } else {
+                    print!("{}", report.text());
+                }
+                ExitCode::from(report.exit_code)
+            }
+            Err(e) => {
+                eprintln!("epmd-rs: doctor: {e}");
+                ExitCode::from(2)
+            }
+        },
         Action::Daemon(d) => {
             match daemon::run(&d, &args, self_exe.as_deref(), |k| std::env::var_os(k)) {
                 Ok(daemon::Exit::Killed) => {

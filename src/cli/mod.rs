@@ -178,6 +178,31 @@ pub enum Command {
         #[command(subcommand)]
         what: QueryWhat,
     },
+    /// Say why NODE@HOST cannot be reached: resolve, epmd, PORT_PLEASE2, the distribution
+    /// port and handshake (and the cookie, if given), one verdict line each.
+    Doctor(DoctorArgs),
+}
+
+/// The arguments of `doctor`.
+#[derive(clap::Args, Debug, PartialEq, Eq, Clone)]
+pub struct DoctorArgs {
+    /// The node, NAME@HOST.
+    pub node: String,
+    /// The epmd port on HOST [default: $ERL_EPMD_PORT or 4369].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Seconds each step may wait (the whole run is bounded by 8 of them).
+    #[arg(long, value_name = "SECONDS", default_value = "1")]
+    pub timeout: String,
+    /// The cookie, to finish the challenge.
+    #[arg(long, value_name = "COOKIE", conflicts_with = "cookie_file")]
+    pub cookie: Option<String>,
+    /// A file holding the cookie (e.g. ~/.erlang.cookie), to finish the challenge.
+    #[arg(long, value_name = "PATH")]
+    pub cookie_file: Option<PathBuf>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `query` asks.
