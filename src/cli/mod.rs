@@ -208,7 +208,7 @@ pub struct DoctorArgs {
 /// What `query` asks.
 #[derive(Subcommand, Debug, PartialEq, Eq, Clone)]
 pub enum QueryWhat {
-    /// List the registered names (NAMES).
+    /// List the registered names (NAMES), of one host or of many at once.
     Names {
         /// Host to ask.
         #[arg(long, default_value = "localhost")]
@@ -219,6 +219,16 @@ pub enum QueryWhat {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Ask these hosts at once (`H1[:PORT],H2...`): a table of host, state and nodes;
+        /// exit 2 when some host did not answer.
+        #[arg(long, value_name = "LIST", conflicts_with_all = ["host", "hosts_file"])]
+        hosts: Option<String>,
+        /// Like --hosts, from a file: `.hosts.erlang` (`'host'.`) or one host per line.
+        #[arg(long, value_name = "FILE", conflicts_with = "host")]
+        hosts_file: Option<PathBuf>,
+        /// Seconds each host may take with --hosts/--hosts-file.
+        #[arg(long, value_name = "SECONDS", default_value = "1")]
+        timeout: String,
     },
     /// Look one node up (PORT_PLEASE2).
     Port {

@@ -191,3 +191,84 @@ fn erl_epmd_port_is_the_default_port() {
     assert_eq!(json["verdict"], "name_not_registered");
     assert_eq!(out.status.code(), Some(13));
 }
+
+/// Runs `epmd-rs query names <args>`: exit code, stdout, wall time.
+pub(crate) fn query_names(args: &[&str]) -> Run {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["query", "names"])
+        .args(args)
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .expect("run epmd-rs query names");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        took: started.elapsed(),
+    }
+}
+
+#[test]
+fn query_hosts_asks_every_host_at_once() {
+    let daemons: Vec<Daemon> = (0..3).map(|_| Daemon::start(&[])).collect();
+    let _regs: Vec<_> = daemons
+        .iter()
+        .enumerate()
+        .map(|(i, d)| raw::register(d.port(), &format!("n{i}"), 40_000 + i as u16, 6).0)
+        .collect();
+    let mut hosts: Vec<String> = daemons
+        .iter()
+        .map(|d| format!("127.0.0.1:{}", d.port()))
+        .collect();
+    let healthy = hosts.join(",");
+    let run = query_names(&["--hosts", &healthy, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    for (i, h) in json["hosts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h["state"], "ok");
+        assert_eq!(h["nodes"][0]["name"], format!("n{i}"));
+        assert_eq!(h["nodes"][0]["port"], 40_000 + i);
+    }
+
+    // Two silent hosts (listeners that never accept) with a 1.5 s timeout each, one refused,
+    // one unresolved: the run takes about one timeout, not the sum of them.
+    let silent: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for s in &silent {
+        hosts.push(format!("127.0.0.1:{}", s.local_addr().unwrap().port()));
+    }
+    hosts.push(format!("127.0.0.1:{}", free_port()));
+    let file = crate::support::tmp::unique_path("hosts.erlang");
+    let text: String = hosts.iter().map(|h| format!("'{h}'.\n")).collect();
+    std::fs::write(&file, text + "% a comment\nplain.invalid\n").unwrap();
+    let run = query_names(&["--hosts-file", file.to_str().unwrap(), "--timeout", "1.5"]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    let states: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "ok",
+            "ok",
+            "ok",
+            "no_answer",
+            "no_answer",
+            "refused",
+            "unresolved"
+        ],
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains(" n1:40001"), "{}", run.stdout);
+    assert!(
+        run.took >= Duration::from_millis(1500) && run.took < Duration::from_millis(2900),
+        "two 1.5 s hosts took {:?}: asked one after the other?",
+        run.took
+    );
+}
