@@ -15,6 +15,7 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod doctor;
 pub mod epmd_log;
 pub mod error;
 #[doc(hidden)]

@@ -92,6 +92,34 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Action::Query {
+            what:
+                cli::QueryWhat::Names {
+                    hosts,
+                    hosts_file,
+                    timeout,
+                    json,
+                    ..
+                },
+            port,
+        } if hosts.is_some() || hosts_file.is_some() => {
+            use epmd_rs::query::fanout;
+            match fanout::fleet_args(hosts.as_deref(), hosts_file.as_deref(), &timeout, port) {
+                Ok((targets, timeout)) => {
+                    let fleet = fanout::names_all(&targets, timeout);
+                    if json {
+                        println!("{}", serde_json::to_string(&fleet).unwrap_or_default());
+                    } else {
+                        print!("{}", fleet.table());
+                    }
+                    ExitCode::from(if fleet.all_ok() { 0 } else { 2 })
+                }
+                Err(e) => {
+                    eprintln!("epmd-rs: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Action::Query { what, port } => match query(&what, port) {
             Ok(text) => {
                 print!("{text}");
@@ -100,6 +128,21 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("epmd-rs: {e}");
                 ExitCode::from(1)
+            }
+        },
+        Action::Doctor { args, port } => match epmd_rs::doctor::Options::from_args(&args, port) {
+            Ok(opts) => {
+                let report = epmd_rs::doctor::run(&opts);
+                if args.json {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                } else {
+                    print!("{}", report.text());
+                }
+                ExitCode::from(report.exit_code)
+            }
+            Err(e) => {
+                eprintln!("epmd-rs: doctor: {e}");
+                ExitCode::from(2)
             }
         },
         Action::Daemon(d) => {

@@ -1,5 +1,9 @@
 //! `epmd-rs query`: ask any epmd (ours or the C one, local or remote, IPv4 or IPv6) for its
-//! names or for one node's port, with connect and read timeouts and one-line errors.
+//! names or for one node's port, with connect and read timeouts and one-line errors;
+//! [`fanout`] asks many hosts (parsed by [`hosts`]) at once.
+
+pub mod fanout;
+pub mod hosts;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -60,7 +64,7 @@ pub struct NamesAnswer {
 }
 
 /// One NAMES line.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct NamedPort {
     /// Node name.
     pub name: String,

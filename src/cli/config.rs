@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Cli, Command, QueryWhat};
+use super::{Cli, Command, DoctorArgs, QueryWhat};
 use crate::admin::socket_path::{default_path, running_as_root};
 use crate::admin::{ConfigEntry, Source, View};
 use crate::protocol::tag::DEFAULT_PORT;
@@ -44,6 +44,13 @@ pub enum Action {
     Query {
         /// What to ask (its port resolved).
         what: QueryWhat,
+        /// The epmd port.
+        port: u16,
+    },
+    /// Diagnose one node (`doctor`).
+    Doctor {
+        /// The arguments as given.
+        args: DoctorArgs,
         /// The epmd port.
         port: u16,
     },
@@ -205,6 +212,15 @@ impl Config {
                     action: Action::Query {
                         what: what.clone(),
                         port: port.unwrap_or_else(env_port),
+                    },
+                    debug: cli.debug,
+                });
+            }
+            Some(Command::Doctor(args)) => {
+                return Ok(Config {
+                    action: Action::Doctor {
+                        args: args.clone(),
+                        port: args.port.unwrap_or_else(env_port),
                     },
                     debug: cli.debug,
                 });

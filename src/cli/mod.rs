@@ -178,12 +178,37 @@ pub enum Command {
         #[command(subcommand)]
         what: QueryWhat,
     },
+    /// Say why NODE@HOST cannot be reached: resolve, epmd, PORT_PLEASE2, the distribution
+    /// port and handshake (and the cookie, if given), one verdict line each.
+    Doctor(DoctorArgs),
+}
+
+/// The arguments of `doctor`.
+#[derive(clap::Args, Debug, PartialEq, Eq, Clone)]
+pub struct DoctorArgs {
+    /// The node, NAME@HOST.
+    pub node: String,
+    /// The epmd port on HOST [default: $ERL_EPMD_PORT or 4369].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Seconds each step may wait (the whole run is bounded by 8 of them).
+    #[arg(long, value_name = "SECONDS", default_value = "1")]
+    pub timeout: String,
+    /// The cookie, to finish the challenge.
+    #[arg(long, value_name = "COOKIE", conflicts_with = "cookie_file")]
+    pub cookie: Option<String>,
+    /// A file holding the cookie (e.g. ~/.erlang.cookie), to finish the challenge.
+    #[arg(long, value_name = "PATH")]
+    pub cookie_file: Option<PathBuf>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `query` asks.
 #[derive(Subcommand, Debug, PartialEq, Eq, Clone)]
 pub enum QueryWhat {
-    /// List the registered names (NAMES).
+    /// List the registered names (NAMES), of one host or of many at once.
     Names {
         /// Host to ask.
         #[arg(long, default_value = "localhost")]
@@ -194,6 +219,16 @@ pub enum QueryWhat {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Ask these hosts at once (`H1[:PORT],H2...`): a table of host, state and nodes;
+        /// exit 2 when some host did not answer.
+        #[arg(long, value_name = "LIST", conflicts_with_all = ["host", "hosts_file"])]
+        hosts: Option<String>,
+        /// Like --hosts, from a file: `.hosts.erlang` (`'host'.`) or one host per line.
+        #[arg(long, value_name = "FILE", conflicts_with = "host")]
+        hosts_file: Option<PathBuf>,
+        /// Seconds each host may take with --hosts/--hosts-file.
+        #[arg(long, value_name = "SECONDS", default_value = "1")]
+        timeout: String,
     },
     /// Look one node up (PORT_PLEASE2).
     Port {

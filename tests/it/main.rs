@@ -34,6 +34,9 @@ mod admin;
 // Who may do what on the admin socket: the admin group reads views, never runs a program.
 mod admin_trust;
 
+// `epmd-rs doctor NODE@HOST` on loopback: each verdict and exit code against real nodes.
+mod doctor;
+
 // `epmd-rs query` against our daemon and the C epmd; garbage, silence and refusal.
 mod query;
 

@@ -1,0 +1,274 @@
+//! `epmd-rs doctor NODE@HOST` on the loopback interface, against our daemon and real Erlang
+//! nodes: each verdict, its exit code and JSON word, within the run's time bound. The same
+//! verdicts across hosts (network namespaces) are in `cluster`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::daemon::{Daemon, BIN};
+use crate::support::erl::{unique_name, ErlCommand};
+use crate::support::ports::free_port;
+use crate::support::raw;
+
+/// One doctor run: exit code, stdout, wall time.
+pub(crate) struct Run {
+    /// The exit code.
+    pub(crate) code: i32,
+    /// What it printed.
+    pub(crate) stdout: String,
+    /// How long it took.
+    pub(crate) took: Duration,
+}
+
+/// Runs `epmd-rs doctor <args>` and returns its exit code, output and duration.
+pub(crate) fn doctor(args: &[&str]) -> Run {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .arg("doctor")
+        .args(args)
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .expect("run epmd-rs doctor");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        took: started.elapsed(),
+    }
+}
+
+/// Runs doctor with `--json` and checks that the verdict word, the exit code and the JSON
+/// agree with `word`/`code`; returns the JSON.
+pub(crate) fn expect_verdict(args: &[&str], word: &str, code: i32) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let run = doctor(&all);
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("doctor {args:?}: not JSON ({e}): {}", run.stdout));
+    assert_eq!(json["verdict"], word, "doctor {args:?}: {}", run.stdout);
+    assert_eq!(run.code, code, "doctor {args:?}: {}", run.stdout);
+    assert_eq!(json["exit_code"], code);
+    assert!(
+        run.took < Duration::from_secs(9),
+        "doctor {args:?} took {:?}",
+        run.took
+    );
+    json
+}
+
+#[test]
+fn every_loopback_verdict_with_its_exit_code() {
+    let d = Daemon::start(&[]);
+    let port = d.port().to_string();
+    let name = unique_name("doc");
+    let node = ErlCommand::new(d.port(), "-name", &format!("{name}@127.0.0.1")).start();
+    let target = node.node().to_owned();
+    let p = ["--port", &port];
+
+    // Healthy, without and with the cookie; the text form has one line per probe.
+    let json = expect_verdict(&[&target, p[0], p[1]], "ok", 0);
+    let steps: Vec<&str> = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "resolve",
+            "epmd",
+            "port_please",
+            "dist_connect",
+            "handshake",
+            "challenge",
+            "cookie"
+        ]
+    );
+    let cookie = crate::support::erl::COOKIE;
+    let json = expect_verdict(&[&target, p[0], p[1], "--cookie", cookie], "ok", 0);
+    assert!(json["steps"][6]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("accepted"));
+    let text = doctor(&[&target, p[0], p[1]]).stdout;
+    assert_eq!(text.lines().count(), 8, "{text}");
+    assert!(text.ends_with(
+        "verdict: ok (exit 0): The node is reachable as a distributed Erlang node from here.\n"
+    ));
+
+    // The cookie, from the command line and from a file.
+    expect_verdict(
+        &[&target, p[0], p[1], "--cookie", "wrong"],
+        "cookie_rejected",
+        17,
+    );
+    let file = crate::support::tmp::unique_path("cookie");
+    std::fs::write(&file, format!("{cookie}\n")).unwrap();
+    let f = file.to_str().unwrap();
+    expect_verdict(&[&target, p[0], p[1], "--cookie-file", f], "ok", 0);
+    std::fs::write(&file, "nope").unwrap();
+    expect_verdict(
+        &[&target, p[0], p[1], "--cookie-file", f],
+        "cookie_rejected",
+        17,
+    );
+    let _ = std::fs::remove_file(&file);
+
+    // The node calls itself NAME@127.0.0.1, not NAME@localhost.
+    let json = expect_verdict(
+        &[&format!("{name}@localhost"), p[0], p[1]],
+        "host_name_mismatch",
+        18,
+    );
+    assert!(json["steps"][5]["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("calls itself {target}")));
+
+    // A typo: not registered, with the real name as a near miss.
+    let typo = format!("{}x@127.0.0.1", name);
+    let json = expect_verdict(&[&typo, p[0], p[1]], "name_not_registered", 13);
+    let detail = json["steps"][2]["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("near misses: {name}")), "{detail}");
+
+    // A registration whose port nobody listens on, and one with no common version.
+    let dead = free_port();
+    let (_keep, _) = raw::register(d.port(), "deadport", dead, 6);
+    expect_verdict(&["deadport@127.0.0.1", p[0], p[1]], "dist_unreachable", 14);
+    let (_keep4, _) = raw::register(d.port(), "ancient", node.dist_port(), 4);
+    let json = expect_verdict(&["ancient@127.0.0.1", p[0], p[1]], "handshake_refused", 16);
+    assert!(json["steps"][3]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("no common version"));
+
+    // No epmd on that port; a host that does not resolve.
+    let nobody = free_port().to_string();
+    expect_verdict(&[&target, "--port", &nobody], "epmd_unreachable", 11);
+    expect_verdict(&["a@host.invalid", p[0], p[1]], "host_unresolved", 10);
+
+    // Arguments: not NAME@HOST, a bad timeout.
+    assert_eq!(doctor(&["nohost"]).code, 2);
+    assert_eq!(doctor(&[&target, "--timeout", "0"]).code, 2);
+}
+
+#[test]
+fn a_policy_refusing_the_prober_is_epmd_refused() {
+    // 127.0.0.1 is not in 192.0.2.0/24: PORT_PLEASE2 from it is closed without a reply.
+    let d = Daemon::start(&["--port-please-allow", "192.0.2.0/24"]);
+    let port = d.port().to_string();
+    let json = expect_verdict(&["a@127.0.0.1", "--port", &port], "epmd_refused", 12);
+    assert!(json["steps"][2]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("closed the connection without a reply"));
+}
+
+#[test]
+fn a_node_refusing_our_name_is_handshake_refused() {
+    let d = Daemon::start(&[]);
+    let name = unique_name("picky");
+    let node = ErlCommand::new(d.port(), "-name", &format!("{name}@127.0.0.1"))
+        .args(["-eval", "net_kernel:allow(['only@127.0.0.1'])"])
+        .start();
+    let port = d.port().to_string();
+    let json = expect_verdict(&[node.node(), "--port", &port], "handshake_refused", 16);
+    assert!(json["steps"][4]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("status not_allowed"));
+}
+
+#[test]
+fn erl_epmd_port_is_the_default_port() {
+    let d = Daemon::start(&[]);
+    let out = Command::new(BIN)
+        .args(["doctor", "x@127.0.0.1", "--json"])
+        .env("ERL_EPMD_PORT", d.port().to_string())
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["verdict"], "name_not_registered");
+    assert_eq!(out.status.code(), Some(13));
+}
+
+/// Runs `epmd-rs query names <args>`: exit code, stdout, wall time.
+pub(crate) fn query_names(args: &[&str]) -> Run {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["query", "names"])
+        .args(args)
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .expect("run epmd-rs query names");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        took: started.elapsed(),
+    }
+}
+
+#[test]
+fn query_hosts_asks_every_host_at_once() {
+    let daemons: Vec<Daemon> = (0..3).map(|_| Daemon::start(&[])).collect();
+    let _regs: Vec<_> = daemons
+        .iter()
+        .enumerate()
+        .map(|(i, d)| raw::register(d.port(), &format!("n{i}"), 40_000 + i as u16, 6).0)
+        .collect();
+    let mut hosts: Vec<String> = daemons
+        .iter()
+        .map(|d| format!("127.0.0.1:{}", d.port()))
+        .collect();
+    let healthy = hosts.join(",");
+    let run = query_names(&["--hosts", &healthy, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    for (i, h) in json["hosts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h["state"], "ok");
+        assert_eq!(h["nodes"][0]["name"], format!("n{i}"));
+        assert_eq!(h["nodes"][0]["port"], 40_000 + i);
+    }
+
+    // Two silent hosts (listeners that never accept) with a 1.5 s timeout each, one refused,
+    // one unresolved: the run takes about one timeout, not the sum of them.
+    let silent: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for s in &silent {
+        hosts.push(format!("127.0.0.1:{}", s.local_addr().unwrap().port()));
+    }
+    hosts.push(format!("127.0.0.1:{}", free_port()));
+    let file = crate::support::tmp::unique_path("hosts.erlang");
+    let text: String = hosts.iter().map(|h| format!("'{h}'.\n")).collect();
+    std::fs::write(&file, text + "% a comment\nplain.invalid\n").unwrap();
+    let run = query_names(&["--hosts-file", file.to_str().unwrap(), "--timeout", "1.5"]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    let states: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "ok",
+            "ok",
+            "ok",
+            "no_answer",
+            "no_answer",
+            "refused",
+            "unresolved"
+        ],
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains(" n1:40001"), "{}", run.stdout);
+    assert!(
+        run.took >= Duration::from_millis(1500) && run.took < Duration::from_millis(2900),
+        "two 1.5 s hosts took {:?}: asked one after the other?",
+        run.took
+    );
+}
