@@ -326,40 +326,38 @@ mod tests {
 
     #[test]
     fn an_unbounded_count_is_refused() {
-        let vars = |n: &'static str| env_owned(vec![("LISTEN_PID", "42"), ("LISTEN_FDS", n)]);
+        let count = |n: &str, fd_limit: u64| {
+            listen_fds_count(
+                42,
+                fd_limit,
+                env(&[("LISTEN_PID", "42"), ("LISTEN_FDS", n)]),
+            )
+        };
         // Past the fd limit: fds 3..3+count cannot all be open.
         assert_eq!(
-            listen_fds_count(42, 1024, vars("1022")),
+            count("1022", 1024),
             Err(ListenFdsError::TooMany {
                 count: 1022,
                 limit: 1021
             })
         );
-        assert_eq!(listen_fds_count(42, 1024, vars("1021")), Ok(1021));
+        assert_eq!(count("1021", 1024), Ok(1021));
         // Past MAX_LISTEN_FDS whatever the fd limit.
         assert_eq!(
-            listen_fds_count(42, u64::MAX, vars("65537")),
+            count("65537", u64::MAX),
             Err(ListenFdsError::TooMany {
                 count: 65_537,
                 limit: MAX_LISTEN_FDS
             })
         );
+        assert_eq!(count("65536", u64::MAX), Ok(MAX_LISTEN_FDS));
         assert_eq!(
-            listen_fds_count(42, u64::MAX, vars("18446744073709551615")),
+            count("18446744073709551615", u64::MAX),
             Err(ListenFdsError::TooMany {
                 count: usize::MAX,
                 limit: MAX_LISTEN_FDS
             })
         );
-    }
-
-    /// `fake_env` over owned pairs, for values built in the test.
-    fn env_owned(vars: Vec<(&'static str, &'static str)>) -> impl Fn(&str) -> Option<OsString> {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| OsString::from(v))
-        }
     }
 
     /// A memfd without close-on-exec, as systemd passes fds.

@@ -225,6 +225,21 @@ mod tests {
         }
     }
 
+    /// The check on every header the `CMSG_*` macros return fires on a misaligned one
+    /// (what a `Vec<u8>` control buffer could give).
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "misaligned cmsghdr")]
+    fn a_misaligned_header_trips_the_alignment_check() {
+        let words = [0u64; 4];
+        let odd = words
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(1)
+            .cast::<libc::cmsghdr>();
+        debug_check_aligned(odd);
+    }
+
     /// Full batches, one fd short of one and one over: every fd arrives, in order (each
     /// received fd is the same socket as the one sent at its index).
     #[test]

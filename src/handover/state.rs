@@ -44,8 +44,9 @@ pub struct State {
     pub listeners: Vec<String>,
     /// The admin socket's fd name and path, if there is one.
     pub admin: Option<AdminState>,
-    /// The fd name of systemd's fd-store state memfd, passed along so that the successor
-    /// keeps using the stored one.
+    /// The fd name of the state document systemd's fd store holds now (`state-<n>`),
+    /// passed along with its memfd: the successor stores its own under a higher number,
+    /// then removes this one.
     #[serde(default)]
     pub fd_store: Option<String>,
     /// Open epmd connections.

@@ -12,6 +12,12 @@
 //!
 //! The listening socket belongs to the supervisor, as it belongs to systemd: it stays open
 //! while the daemon is killed and restarted, and connections wait in its backlog.
+//!
+//! For fault tests it can also: start the daemon as pid 1 of a new PID namespace (a
+//! container), read its socket slowly (a small receive buffer, read only when asked),
+//! ignore removals of state documents (a crash between a store and a remove), hold fds
+//! put there by the test, and report stored states that changed after they were stored
+//! and connections stored before any stored state listed them.
 
 use std::fs::File;
 use std::io::ErrorKind;
