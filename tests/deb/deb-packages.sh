@@ -8,7 +8,8 @@
 #   2. upgrade to V2 while the nodes are registered: the daemon is reloaded (hand-over),
 #      same connections and creations, lookups in a loop with 0 failures;
 #   3. install epmd-rs-as-epmd: epmd.socket replaced by epmd-rs.socket, every epmd
-#      diverted; `erl -sname x` with no epmd running starts epmd-rs, `epmd -names` is
+#      diverted (and, through the trigger, a runtime that appears; a runtime that goes is
+#      dropped); `erl -sname x` with no epmd running starts epmd-rs, `epmd -names` is
 #      epmd-rs answering; its removal restores the C epmd and epmd.socket as they were;
 #   4. remove and purge both: no file, diversion, unit or user left; the C epmd works.
 # FIGURE lines are the figures the report quotes; exit 1 if any check failed.
@@ -189,6 +190,21 @@ check test "$(readlink -f "$ERTS_EPMD")" = /usr/bin/epmd-rs
 check test "$(sum_of "$ERTS_EPMD.c-epmd")" = "$C_EPMD_SUM"
 check test "$(readlink -f "$(man -w epmd)")" = /usr/share/man/man1/epmd-rs.1.gz
 check test "$(readlink /usr/share/man/man1/epmd.1.gz)" = epmd-rs.1.gz
+
+echo "== 3. the trigger on /usr/lib/erlang: a runtime that appears is diverted, one that goes is dropped"
+NEW_ERTS=/usr/lib/erlang/erts-99.0-test/bin
+mkdir -p $NEW_ERTS && cp "$ERTS_EPMD.c-epmd" $NEW_ERTS/epmd
+check dpkg-trigger --no-await /usr/lib/erlang
+check dpkg --triggers-only --pending
+check test "$(dpkg-divert --listpackage $NEW_ERTS/epmd)" = epmd-rs-as-epmd
+check test "$(readlink $NEW_ERTS/epmd)" = /usr/bin/epmd-rs
+check test "$(sum_of $NEW_ERTS/epmd.c-epmd)" = "$C_EPMD_SUM"
+rm -f $NEW_ERTS/epmd.c-epmd   # what dpkg does with a runtime's files when an upgrade drops it
+check dpkg-trigger --no-await /usr/lib/erlang
+check dpkg --triggers-only --pending
+check test -z "$(dpkg-divert --listpackage $NEW_ERTS/epmd)"
+check test ! -e /usr/lib/erlang/erts-99.0-test
+check test "$(dpkg-divert --listpackage "$ERTS_EPMD")" = epmd-rs-as-epmd
 
 echo "== 3. no epmd running: erl -sname x starts epmd-rs as its epmd"
 check systemctl stop epmd-rs.socket epmd-rs.service
