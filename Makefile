@@ -5,8 +5,9 @@ CARGO ?= cargo
 PORT ?= 4369
 # Debian packages the tests need: real Erlang nodes and the C epmd (erlang-base),
 # systemd-socket-activate and systemd-analyze (systemd), network namespaces (iproute2),
-# and man for rendering the generated man page (man-db).
-DEB_PACKAGES := erlang-base systemd iproute2 man-db
+# man for rendering the generated man page (man-db), and TLS distribution nodes with a
+# self-signed certificate for the cluster tests (erlang-ssl, openssl).
+DEB_PACKAGES := erlang-base systemd iproute2 man-db erlang-ssl openssl
 # systemd-nspawn for the real-systemd tests (root only), without its recommends.
 DEB_PACKAGES_NO_RECOMMENDS := systemd-container
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -49,7 +50,8 @@ test: deps
 # Install the Debian packages the tests use, if any of their commands is missing.
 deps:
 	@if ! command -v erl >/dev/null || ! command -v systemd-socket-activate >/dev/null \
-		|| ! command -v ip >/dev/null || ! command -v man >/dev/null; then \
+		|| ! command -v ip >/dev/null || ! command -v man >/dev/null \
+		|| ! command -v openssl >/dev/null || ! ls -d /usr/lib/erlang/lib/ssl-* >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEB_PACKAGES); \
 	fi
