@@ -5,9 +5,10 @@ CARGO ?= cargo
 PORT ?= 4369
 # Debian packages the tests need: real Erlang nodes and the C epmd (erlang-base),
 # systemd-socket-activate and systemd-analyze (systemd), network namespaces (iproute2),
-# man for rendering the generated man page (man-db), and building and checking the Debian
-# packages (dpkg-dev, lintian).
-DEB_PACKAGES := erlang-base systemd iproute2 man-db dpkg-dev lintian
+# man for rendering the generated man page (man-db), building and checking the Debian
+# packages (dpkg-dev, lintian), and TLS distribution nodes with a self-signed certificate
+# for the cluster tests (erlang-ssl, openssl).
+DEB_PACKAGES := erlang-base systemd iproute2 man-db dpkg-dev lintian erlang-ssl openssl
 # systemd-nspawn and python3 for the real-systemd tests (root only), without its recommends.
 DEB_PACKAGES_NO_RECOMMENDS := systemd-container python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -51,7 +52,8 @@ test: deps
 deps:
 	@if ! command -v erl >/dev/null || ! command -v systemd-socket-activate >/dev/null \
 		|| ! command -v ip >/dev/null || ! command -v man >/dev/null \
-		|| ! command -v dpkg-gencontrol >/dev/null || ! command -v lintian >/dev/null; then \
+		|| ! command -v dpkg-gencontrol >/dev/null || ! command -v lintian >/dev/null \
+		|| ! command -v openssl >/dev/null || ! ls -d /usr/lib/erlang/lib/ssl-* >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEB_PACKAGES); \
 	fi

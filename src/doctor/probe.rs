@@ -308,7 +308,7 @@ pub(super) fn run(opts: &Options) -> Report {
             opts.name, info.port, info.lowest_version, info.highest_version
         ),
     );
-    let Some(version) = Version::choose(info.lowest_version, info.highest_version) else {
+    let Some(chosen) = Version::choose(info.lowest_version, info.highest_version) else {
         return p.fail(
             "handshake",
             format!(
@@ -335,30 +335,48 @@ pub(super) fn run(opts: &Options) -> Report {
         own_host(&opts.host, local)
     );
     let creation = random_u32() | 1;
-    let send = s.write_all(&handshake::send_name(version, DOCTOR_FLAGS, creation, &me));
-    if let Err(e) = send {
-        return p.fail(
-            "handshake",
-            format!("cannot send: {e}"),
-            Verdict::DistUnreachable,
-        );
-    }
+    let mut version = chosen;
     let mut buf = Vec::new();
-    let status = match p.read_frame(&mut s, &mut buf) {
-        Ok(body) => body,
-        Err(ReadEnd::Tls) => {
+    let status = loop {
+        let send = s.write_all(&handshake::send_name(version, DOCTOR_FLAGS, creation, &me));
+        if let Err(e) = send {
             return p.fail(
                 "handshake",
-                "the port answered with a TLS record".into(),
-                Verdict::DistTls,
-            )
+                format!("cannot send: {e}"),
+                Verdict::DistUnreachable,
+            );
         }
-        Err(end) => {
-            return p.fail(
-                "handshake",
-                format!("the node {} after our name {me}", end.describe()),
-                Verdict::HandshakeRefused,
-            )
+        match p.read_frame(&mut s, &mut buf) {
+            Ok(body) => break body,
+            Err(ReadEnd::Tls) => {
+                return p.fail(
+                    "handshake",
+                    "the port answered with a TLS record".into(),
+                    Verdict::DistTls,
+                )
+            }
+            // An OTP 25+ node registered as version 5 (ERL_EPMD_DIST_HIGH=5) only reads
+            // `N` names, as OTP 25 nodes always send: try that once on a new connection.
+            Err(ReadEnd::Closed(_)) if version == Version::V5 => {
+                p.pass(
+                    "handshake",
+                    "version 5 name refused by a close: retrying with version 6, as OTP 25 does"
+                        .into(),
+                );
+                version = Version::V6;
+                s = match p.connect(dist) {
+                    Ok(s) => s,
+                    Err(e) => return p.fail("dist_connect", e, Verdict::DistUnreachable),
+                };
+                buf.clear();
+            }
+            Err(end) => {
+                return p.fail(
+                    "handshake",
+                    format!("the node {} after our name {me}", end.describe()),
+                    Verdict::HandshakeRefused,
+                )
+            }
         }
     };
     match handshake::decode_status(&status) {

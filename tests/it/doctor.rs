@@ -272,3 +272,102 @@ fn query_hosts_asks_every_host_at_once() {
         run.took
     );
 }
+
+/// A pre-OTP 23 node's side of the version 5 handshake, on one connection: reads the `n`
+/// name, answers `sok`, sends an `n` challenge naming itself `full_name`, checks the
+/// digest of `cookie` and acknowledges it (or closes, as a node does on a wrong cookie).
+/// Returns the version and name the doctor sent.
+fn old_node_once(listener: &std::net::TcpListener, full_name: &str, cookie: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s2 = s.try_clone().unwrap();
+    let mut frame = || {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut body).unwrap();
+        body
+    };
+    let name = frame();
+    assert_eq!(name[0], b'n', "a version 5 name");
+    let version = u16::from_be_bytes([name[1], name[2]]);
+    let flags = u32::from_be_bytes(name[3..7].try_into().unwrap());
+    assert_ne!(flags & 0x4, 0, "extended references");
+    let sent = String::from_utf8_lossy(&name[7..]).into_owned();
+    let challenge: u32 = 0x1234_5678;
+    let mut out = raw::frame(b"sok");
+    let mut ch = vec![b'n', 0, 5];
+    ch.extend_from_slice(&0x0000_7ffcu32.to_be_bytes());
+    ch.extend_from_slice(&challenge.to_be_bytes());
+    ch.extend_from_slice(full_name.as_bytes());
+    out.extend(raw::frame(&ch));
+    s2.write_all(&out).unwrap();
+    let reply = frame();
+    assert_eq!(reply[0], b'r');
+    let theirs = u32::from_be_bytes(reply[1..5].try_into().unwrap());
+    let expect = epmd_rs::doctor::handshake::digest(cookie.as_bytes(), challenge);
+    if reply[5..] == expect {
+        let mut ack = vec![b'a'];
+        ack.extend_from_slice(&epmd_rs::doctor::handshake::digest(
+            cookie.as_bytes(),
+            theirs,
+        ));
+        s2.write_all(&raw::frame(&ack)).unwrap();
+    }
+    (version, sent)
+}
+
+#[test]
+fn a_version_5_node_gets_the_old_handshake() {
+    let d = Daemon::start(&[]);
+    let port = d.port().to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dist = listener.local_addr().unwrap().port();
+    let (_reg, _) = raw::register(d.port(), "old", dist, 5);
+    let server = std::thread::spawn(move || {
+        let first = old_node_once(&listener, "old@127.0.0.1", "c00kie");
+        let second = old_node_once(&listener, "old@127.0.0.1", "c00kie");
+        (first, second)
+    });
+    let json = expect_verdict(
+        &["old@127.0.0.1", "--port", &port, "--cookie", "c00kie"],
+        "ok",
+        0,
+    );
+    assert!(json["steps"][4]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("version 5, status ok"));
+    expect_verdict(
+        &["old@127.0.0.1", "--port", &port, "--cookie", "wrong"],
+        "cookie_rejected",
+        17,
+    );
+    let ((v1, n1), (v2, _)) = server.join().unwrap();
+    assert_eq!((v1, v2), (5, 5));
+    assert!(
+        n1.starts_with("epmd_rs_doctor_") && n1.ends_with("@127.0.0.1"),
+        "{n1}"
+    );
+}
+
+#[test]
+fn an_otp25_node_registered_as_version_5_is_retried_with_version_6() {
+    let d = Daemon::start(&[]);
+    let name = unique_name("v5");
+    let node = ErlCommand::new(d.port(), "-name", &format!("{name}@127.0.0.1"))
+        .env("ERL_EPMD_DIST_HIGH", "5")
+        .start();
+    let port = d.port().to_string();
+    let cookie = crate::support::erl::COOKIE;
+    let json = expect_verdict(&[node.node(), "--port", &port, "--cookie", cookie], "ok", 0);
+    assert!(json["steps"][2]["detail"]
+        .as_str()
+        .unwrap()
+        .ends_with("(versions 5-5)"));
+    assert!(json["steps"][4]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("retrying with version 6"));
+}

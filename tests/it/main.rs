@@ -37,6 +37,11 @@ mod admin_trust;
 // `epmd-rs doctor NODE@HOST` on loopback: each verdict and exit code against real nodes.
 mod doctor;
 
+// A multi-host cluster in network namespaces on a bridge: a full mesh of real nodes during a
+// hand-over, then `doctor` and `query --hosts` against one injected fault each.
+mod cluster;
+mod cluster_net;
+
 // `epmd-rs query` against our daemon and the C epmd; garbage, silence and refusal.
 mod query;
 
