@@ -13,7 +13,7 @@ DEB_PACKAGES := erlang-base systemd iproute2 man-db dpkg-dev lintian erlang-ssl 
 DEB_PACKAGES_NO_RECOMMENDS := systemd-container python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test deps bench fuzz fuzz-ci lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd deb deb-lint
+.PHONY: run build test deps bench difftest fuzz fuzz-ci lint fmt clippy ci clean install uninstall install-as-epmd uninstall-as-epmd deb deb-lint
 
 # Installation layout (make install PREFIX=/usr DESTDIR=/tmp/stage).
 PREFIX ?= /usr/local
@@ -65,6 +65,15 @@ deps:
 # Side-by-side benchmark against the C epmd and a ceiling server (see docs/PERFORMANCE.md).
 bench: deps
 	$(CARGO) bench --locked --bench side_by_side
+
+# Differential tests against the C epmd (release build): the generated command-line table,
+# then SECONDS (default 60) of generated wire scenarios; prints cases, scenarios, requests and
+# divergences. DIFFTEST_SEED=N replays a wire run.
+SECONDS ?= 60
+difftest: deps
+	$(CARGO) test --release --locked --test it difftest_cli -- --nocapture
+	DIFFTEST_SECONDS=$(SECONDS) $(CARGO) test --release --locked --test it \
+		difftest_wire::long_run -- --ignored --nocapture
 
 # Fuzz each target for FUZZ_SECONDS with libFuzzer, on the stable toolchain (fuzz/run.sh:
 # no nightly, no cargo-fuzz). New inputs go to fuzz/work-corpus/ (ignored); the committed

@@ -33,15 +33,41 @@ struct Stats {
     divergences: Vec<Divergence>,
 }
 
-/// Runs generated scenarios from `seed` for `budget` on a relaxed and a strict pair.
-fn run_generated(seed: u64, budget: Duration, allow: &Deliberate) -> Stats {
+/// Runs generated scenarios for `budget` on `workers` threads, worker `w` with its own
+/// relaxed and strict pairs and the seed `seed + w`.
+fn run_generated(seed: u64, budget: Duration, workers: u64, allow: &Deliberate) -> Stats {
+    let parts: Vec<Stats> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| s.spawn(move || run_worker(seed + w, budget, allow)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a wire worker panicked"))
+            .collect()
+    });
+    let mut total = Stats::default();
+    for part in parts {
+        total.scenarios += part.scenarios;
+        total.requests += part.requests;
+        total.sync_requests += part.sync_requests;
+        total.divergences.extend(part.divergences);
+    }
+    total
+}
+
+/// One worker of [`run_generated`].
+fn run_worker(seed: u64, budget: Duration, allow: &Deliberate) -> Stats {
     let mut strict = Pair::start(false);
     let mut relaxed = Pair::start(true);
     let mut generator = Generator::new(seed);
     let mut stats = Stats::default();
     let start = Instant::now();
+    let verbose = std::env::var_os("DIFFTEST_VERBOSE").is_some();
     while start.elapsed() < budget && stats.divergences.len() < 5 {
         let scenario = generator.scenario();
+        if verbose {
+            eprintln!("seed {seed} scenario {}: {scenario}", stats.scenarios + 1);
+        }
         let pair = if scenario.relaxed {
             &mut relaxed
         } else {
@@ -50,9 +76,13 @@ fn run_generated(seed: u64, budget: Duration, allow: &Deliberate) -> Stats {
         stats.scenarios += 1;
         stats.requests += scenario.requests;
         if let Err(d) = pair.compare(&scenario, allow) {
+            eprintln!(
+                "DIVERGENCE (seed {seed}, scenario {}), before shrinking:\n{d}",
+                stats.scenarios
+            );
             let shrunk = pair.shrink(d, allow);
             eprintln!(
-                "DIVERGENCE (seed {seed:#x}, scenario {}):\n{shrunk}",
+                "DIVERGENCE (seed {seed}, scenario {}), shrunk:\n{shrunk}",
                 stats.scenarios
             );
             stats.divergences.push(shrunk);
@@ -83,9 +113,9 @@ fn assert_no_divergence(stats: &Stats) {
 #[test]
 fn generated_scenarios_match() {
     let allow = Deliberate::load();
-    let stats = run_generated(SHORT_SEED, Duration::from_secs(SHORT_SECONDS), &allow);
+    let stats = run_generated(SHORT_SEED, Duration::from_secs(SHORT_SECONDS), 2, &allow);
     eprintln!(
-        "difftest_wire: {} scenarios, {} requests + {} synchronising NAMES, {} divergences",
+        "difftest_wire: {} scenarios, {} requests + {} lookups and NAMES, {} divergences",
         stats.scenarios,
         stats.requests,
         stats.sync_requests,
@@ -117,10 +147,14 @@ fn long_run() {
                 .map_or(1, |d| d.as_secs())
         });
     let allow = Deliberate::load();
-    let stats = run_generated(seed, Duration::from_secs(seconds), &allow);
+    let workers = std::env::var("DIFFTEST_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let stats = run_generated(seed, Duration::from_secs(seconds), workers, &allow);
     println!(
-        "difftest_wire: seed {seed}, {seconds} s: {} scenarios, {} requests \
-         ({} scenario requests + {} synchronising NAMES), {} divergences",
+        "difftest_wire: seed {seed}, {seconds} s, {workers} workers: {} scenarios, {} requests \
+         ({} scenario requests + {} lookups and NAMES after the steps), {} divergences",
         stats.scenarios,
         stats.requests + stats.sync_requests,
         stats.requests,
