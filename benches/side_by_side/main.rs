@@ -2,7 +2,7 @@
 //! ceiling server, on loopback, with one load generator for all three.
 //!
 //! Scenarios (see `scenarios/`): lookup (K registered × C clients), names, churn, hold,
-//! slowloris, and an in-process scale simulation of the registry (`sim.rs`). Each
+//! slowloris, storm (bursts of simultaneous lookups), and an in-process scale simulation of the registry (`sim.rs`). Each
 //! throughput configuration alternates the servers over at least 3 rounds and reports
 //! medians, the ratio epmd-rs / C epmd and epmd-rs / ceiling, latency percentiles, and
 //! server and client CPU so that the bottleneck side is visible.
@@ -152,6 +152,10 @@ fn run(settings: &Settings, kinds: &[Kind]) -> Results {
     if settings.runs("hold") {
         eprintln!("hold:");
         r.hold = scenarios::hold::run(settings, kinds);
+    }
+    if settings.runs("storm") {
+        eprintln!("storm:");
+        r.storm = scenarios::storm::run(settings, kinds);
     }
     if settings.runs("sim") {
         eprintln!("sim:");

@@ -2,8 +2,8 @@
 //!
 //! | variable | effect |
 //! |---|---|
-//! | `BENCH_QUICK=1` | smoke run (~1 min): 0.3 s windows, one hold round, smaller simulation |
-//! | `BENCH_ONLY=lookup,names` | only these scenarios (lookup, names, churn, hold, slowloris, sim) |
+//! | `BENCH_QUICK=1` | smoke run (~1 min): 0.3 s windows, one hold and storm round, storms up to 5,000, smaller simulation |
+//! | `BENCH_ONLY=lookup,names` | only these scenarios (lookup, names, churn, hold, slowloris, storm, sim) |
 //! | `BENCH_ROUNDS=N` | rounds per configuration (default 3; at least 1) |
 //! | `BENCH_WINDOW_MS=N` | measurement window per run (default 2000, quick 300) |
 //! | `BENCH_DOCS=0/1` | write docs/PERFORMANCE.md and docs/perf/*.svg (default: only for a full run) |
@@ -11,7 +11,15 @@
 use std::time::Duration;
 
 /// The scenarios, in run order.
-pub(crate) const SCENARIOS: [&str; 6] = ["lookup", "names", "churn", "hold", "slowloris", "sim"];
+pub(crate) const SCENARIOS: [&str; 7] = [
+    "lookup",
+    "names",
+    "churn",
+    "hold",
+    "slowloris",
+    "storm",
+    "sim",
+];
 
 /// What to run and for how long.
 #[derive(Clone, Debug)]
@@ -22,7 +30,7 @@ pub(crate) struct Settings {
     pub(crate) only: Vec<&'static str>,
     /// Rounds per configuration for the throughput scenarios.
     pub(crate) rounds: usize,
-    /// Rounds of the hold scenario.
+    /// Rounds of the hold and storm scenarios.
     pub(crate) hold_rounds: usize,
     /// Time before each measurement window.
     pub(crate) warmup: Duration,

@@ -10,6 +10,7 @@ pub(crate) mod hold;
 pub(crate) mod lookup;
 pub(crate) mod names;
 pub(crate) mod slowloris;
+pub(crate) mod storm;
 
 use std::net::TcpStream;
 
