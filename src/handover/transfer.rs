@@ -63,7 +63,8 @@ impl std::error::Error for HandoverError {}
 /// On error the successor (if any) is killed, and `server` is untouched.
 ///
 /// The successor is detached from this process (a double fork: an intermediate process
-/// forks it, sends its pid over the hand-over socket and exits, and is reaped here) before
+/// forks it and exits, and is reaped here; the successor writes its own pid to the
+/// hand-over socket before it executes the binary) before
 /// anything is exchanged, so that it is the child of the service manager (systemd, or
 /// whichever process reaps orphans) and not of the process about to exit: systemd then
 /// supervises it fully once `MAINPID=` names it. The whole exchange takes at most
@@ -109,7 +110,7 @@ pub fn hand_over(
         Some(usec) => cmd.env("WATCHDOG_USEC", usec.to_string()),
         None => cmd.env_remove("WATCHDOG_USEC"),
     };
-    // SAFETY: the closure only calls fcntl, fork, write and _exit, which are
+    // SAFETY: the closure only calls fcntl, fork, getpid, write and _exit, which are
     // async-signal-safe; the intermediate process never returns from it.
     unsafe {
         cmd.pre_exec(move || detach_successor(child_fd));
@@ -142,26 +143,26 @@ pub fn hand_over(
 }
 
 /// In the forked child, before `exec`: keeps the hand-over socket open across `exec`, then
-/// forks again. The grandchild returns (and executes the binary); the child writes the
-/// grandchild's pid to the hand-over socket and exits.
+/// forks again and exits. The grandchild writes its own pid to the hand-over socket and
+/// returns (and executes the binary): its pid is on the socket before anything the binary
+/// writes, whatever order the two processes run in.
 fn detach_successor(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl, fork, write and _exit on values owned by this process.
+    // SAFETY: fcntl, fork, getpid, write and _exit on values owned by this process.
     unsafe {
         if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
             return Err(io::Error::last_os_error());
         }
         match libc::fork() {
             -1 => Err(io::Error::last_os_error()),
-            0 => Ok(()),
-            pid => {
-                let bytes = (pid as u32).to_be_bytes();
-                let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-                libc::_exit(if written == bytes.len() as isize {
-                    0
+            0 => {
+                let bytes = (libc::getpid() as u32).to_be_bytes();
+                if libc::write(fd, bytes.as_ptr().cast(), bytes.len()) == bytes.len() as isize {
+                    Ok(())
                 } else {
-                    1
-                })
+                    Err(io::Error::last_os_error())
+                }
             }
+            _ => libc::_exit(0),
         }
     }
 }
