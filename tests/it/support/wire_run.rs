@@ -46,6 +46,8 @@ struct Client {
     received: usize,
     /// How the daemon closed it, once seen.
     closed: Option<&'static str>,
+    /// It received an ALIVE2 reply: any byte or EOF makes the daemon close it.
+    registration: bool,
 }
 
 impl Target {
@@ -108,14 +110,25 @@ impl Target {
                         out.push(format!("{i} c{conn}: write {:?}", e.kind()));
                     }
                     client.sent.extend_from_slice(bytes);
+                    if client.registration {
+                        await_daemon_close(stream);
+                    }
                 }
                 Step::Close(_) => {
-                    client.stream = None;
+                    // Half-close, let the daemon close its end, then close: the step is
+                    // over for the daemon before the state is read.
+                    if let Some(s) = client.stream.take() {
+                        if client.closed.is_none() && s.shutdown(Shutdown::Write).is_ok() {
+                            await_daemon_close(&s);
+                        }
+                    }
                     client.closed.get_or_insert("client");
                 }
                 Step::HalfClose(_) => {
                     if let Some(s) = &client.stream {
-                        let _ = s.shutdown(Shutdown::Write);
+                        if client.closed.is_none() && s.shutdown(Shutdown::Write).is_ok() {
+                            await_daemon_close(s);
+                        }
                     }
                 }
             }
@@ -258,6 +271,9 @@ impl Target {
             return None;
         }
         let first = client.received == 0;
+        if first && client.sent.get(2) == Some(&b'x') && matches!(got.first(), Some(b'y' | b'v')) {
+            client.registration = true;
+        }
         client.received += got.len();
         client.closed = end;
         let text = if first {
@@ -410,6 +426,26 @@ fn mask_fds(reply: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// How long a step waits for the daemon to close a connection it must close.
+const CLOSE_TIMEOUT_MS: i32 = 2000;
+
+/// Waits (at most [`CLOSE_TIMEOUT_MS`]) until the daemon has closed or reset `stream`, or
+/// sent on it, without reading: `poll` leaves the bytes and a pending reset for
+/// [`Target::observe`]. Without this wait, the state read after a step could overtake
+/// the daemon's handling of a close, under load (a FIN handled late by the kernel).
+fn await_daemon_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe {
+        libc::poll(&mut fds, 1, CLOSE_TIMEOUT_MS);
+    }
 }
 
 /// A non-blocking connection to `127.0.0.1:port`.
