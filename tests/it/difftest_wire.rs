@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::support::deliberate::Deliberate;
 use crate::support::twin::{Foreground, Side};
 use crate::support::wire_gen::{frame, Generator};
-use crate::support::wire_run::{Divergence, Pair};
+use crate::support::wire_pair::{Divergence, Pair};
 use crate::support::wire_scenario::{Scenario, Step};
 
 /// Seconds of generated scenarios in `make test`.

@@ -21,5 +21,6 @@ pub(crate) mod tmp;
 pub(crate) mod twin;
 pub(crate) mod wait;
 pub(crate) mod wire_gen;
+pub(crate) mod wire_pair;
 pub(crate) mod wire_run;
 pub(crate) mod wire_scenario;

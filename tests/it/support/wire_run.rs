@@ -46,6 +46,8 @@ struct Client {
     received: usize,
     /// How the daemon closed it, once seen.
     closed: Option<&'static str>,
+    /// It received an ALIVE2 reply: any byte or EOF makes the daemon close it.
+    registration: bool,
 }
 
 impl Target {
@@ -80,6 +82,7 @@ impl Target {
 
     /// Runs `scenario` and returns the transcript: one line per observation.
     pub(crate) fn run(&mut self, scenario: &Scenario, allow: &Deliberate) -> Vec<String> {
+        pin_to_first_cpu();
         let port = self.daemon.port();
         let mut clients: BTreeMap<u8, Client> = BTreeMap::new();
         let mut out = Vec::new();
@@ -107,31 +110,34 @@ impl Target {
                         out.push(format!("{i} c{conn}: write {:?}", e.kind()));
                     }
                     client.sent.extend_from_slice(bytes);
+                    if client.registration {
+                        await_daemon_close(stream);
+                    }
                 }
                 Step::Close(_) => {
-                    client.stream = None;
+                    // Half-close, let the daemon close its end, then close: the step is
+                    // over for the daemon before the state is read.
+                    if let Some(s) = client.stream.take() {
+                        if client.closed.is_none() && s.shutdown(Shutdown::Write).is_ok() {
+                            await_daemon_close(&s);
+                        }
+                    }
                     client.closed.get_or_insert("client");
                 }
                 Step::HalfClose(_) => {
                     if let Some(s) = &client.stream {
-                        let _ = s.shutdown(Shutdown::Write);
+                        if client.closed.is_none() && s.shutdown(Shutdown::Write).is_ok() {
+                            await_daemon_close(s);
+                        }
                     }
                 }
             }
             if !gone {
-                match self.sync(port) {
-                    Ok(()) => {
-                        // The state as lookups of every name the scenario has sent in an
-                        // ALIVE2 so far (hits and misses), then NAMES.
-                        let names = scenario_names(&clients);
-                        for name in names.iter().take(MAX_LOOKUPS) {
-                            let reply = self.ask(port, &port_please(name));
-                            out.push(format!("{i} port {} {}", to_hex(name), to_hex(&reply)));
-                        }
-                        let names = self.ask(port, &[0, 1, b'n']);
-                        out.push(format!("{i} names {}", self.header(&names)));
-                    }
+                match self.read_state(port, &clients) {
+                    Ok(lines) => out.extend(lines.into_iter().map(|l| format!("{i} {l}"))),
                     Err(what) => {
+                        // The step ended the daemon (a KILL): whichever request found it
+                        // gone, the transcript says so once.
                         out.push(format!("{i} {what}"));
                         gone = true;
                     }
@@ -144,6 +150,25 @@ impl Target {
             }
         }
         out
+    }
+
+    /// After a step: [`Target::sync`], then the state as lookups of every name the
+    /// scenario has sent in an ALIVE2 so far (hits and misses) and NAMES. `Err` when the
+    /// daemon turns out to be gone at any point.
+    fn read_state(
+        &mut self,
+        port: u16,
+        clients: &BTreeMap<u8, Client>,
+    ) -> Result<Vec<String>, String> {
+        self.sync(port)?;
+        let mut lines = Vec::new();
+        for name in scenario_names(clients).iter().take(MAX_LOOKUPS) {
+            let reply = self.ask(port, &port_please(name))?;
+            lines.push(format!("port {} {}", to_hex(name), to_hex(&reply)));
+        }
+        let names = self.ask(port, &[0, 1, b'n'])?;
+        lines.push(format!("names {}", self.header(&names)));
+        Ok(lines)
     }
 
     /// A NAMES on a new connection whose reply is not compared: it only lets the daemon
@@ -171,8 +196,8 @@ impl Target {
     }
 
     /// One compared request on a new connection: the reply until the daemon closes (a
-    /// reset ends it too; an error is shown in the reply).
-    fn ask(&mut self, port: u16, request: &[u8]) -> Vec<u8> {
+    /// reset ends it too). `Err` if there is no reply because the daemon exited.
+    fn ask(&mut self, port: u16, request: &[u8]) -> Result<Vec<u8>, String> {
         self.requests += 1;
         let reply = (|| -> std::io::Result<Vec<u8>> {
             let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
@@ -184,7 +209,20 @@ impl Target {
                 _ => Ok(reply),
             }
         })();
-        reply.unwrap_or_else(|e| format!("error {:?}", e.kind()).into_bytes())
+        let refused = |port: u16| {
+            TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+        };
+        match reply {
+            Ok(r) if !r.is_empty() => Ok(r),
+            // An empty reply is a legitimate answer (a lookup of the empty name) unless
+            // the daemon no longer accepts connections.
+            Ok(r) if !refused(port) => Ok(r),
+            other => match self.daemon.wait_exit(SYNC_TIMEOUT) {
+                Some(status) => Err(format!("daemon exited {status}")),
+                None => Ok(other.unwrap_or_else(|e| format!("error {:?}", e.kind()).into_bytes())),
+            },
+        }
     }
 
     /// A NAMES or DUMP reply with its header shown as `PORT` when it is this daemon's port.
@@ -233,6 +271,9 @@ impl Target {
             return None;
         }
         let first = client.received == 0;
+        if first && client.sent.get(2) == Some(&b'x') && matches!(got.first(), Some(b'y' | b'v')) {
+            client.registration = true;
+        }
         client.received += got.len();
         client.closed = end;
         let text = if first {
@@ -311,6 +352,27 @@ impl Target {
     }
 }
 
+/// Pins the calling thread to the first CPU it may use. On loopback a packet is queued
+/// on the sending CPU; a client thread that moved between CPUs could have its next
+/// connection's packets handled before the FIN or the bytes of the step before (when
+/// softirq work is deferred under load), and a daemon would then see them out of order.
+/// From one CPU they are handled in the order they were sent.
+fn pin_to_first_cpu() {
+    // SAFETY: cpu_set_t is plain data; the calls only read and write the local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return;
+        }
+        let Some(cpu) = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set)) else {
+            return;
+        };
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one);
+    }
+}
+
 /// At most this many names are looked up after each step.
 const MAX_LOOKUPS: usize = 4;
 
@@ -366,6 +428,26 @@ fn mask_fds(reply: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How long a step waits for the daemon to close a connection it must close.
+const CLOSE_TIMEOUT_MS: i32 = 2000;
+
+/// Waits (at most [`CLOSE_TIMEOUT_MS`]) until the daemon has closed or reset `stream`, or
+/// sent on it, without reading: `poll` leaves the bytes and a pending reset for
+/// [`Target::observe`]. Without this wait, the state read after a step could overtake
+/// the daemon's handling of a close, under load (a FIN handled late by the kernel).
+fn await_daemon_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe {
+        libc::poll(&mut fds, 1, CLOSE_TIMEOUT_MS);
+    }
+}
+
 /// A non-blocking connection to `127.0.0.1:port`.
 fn connect(port: u16) -> std::io::Result<TcpStream> {
     let s =
@@ -389,177 +471,4 @@ fn write_all(s: &mut TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The C epmd and epmd-rs, relaxed or strict, started alike.
-#[derive(Debug)]
-pub(crate) struct Pair {
-    /// The C epmd.
-    pub(crate) c: Target,
-    /// epmd-rs.
-    pub(crate) ours: Target,
-}
-
-/// A scenario whose transcripts differ.
-#[derive(Debug)]
-pub(crate) struct Divergence {
-    /// The scenario.
-    pub(crate) scenario: Scenario,
-    /// The C epmd's transcript.
-    pub(crate) c: Vec<String>,
-    /// epmd-rs's transcript.
-    pub(crate) ours: Vec<String>,
-}
-
-impl std::fmt::Display for Divergence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "scenario: {}", self.scenario)?;
-        let n = self.c.len().max(self.ours.len());
-        for i in 0..n {
-            let c = self.c.get(i).map_or("-", String::as_str);
-            let o = self.ours.get(i).map_or("-", String::as_str);
-            let mark = if c == o { "  " } else { "!!" };
-            writeln!(f, "{mark} C:    {}", clip(c))?;
-            if c != o {
-                writeln!(f, "{mark} ours: {}", clip(o))?;
-                let at = c.bytes().zip(o.bytes()).take_while(|(a, b)| a == b).count();
-                let from = at.saturating_sub(60) & !1;
-                let end = |s: &str| (at + 200).min(s.len());
-                writeln!(f, "   first difference at char {at}:")?;
-                writeln!(f, "   C:    ...{}", &c[from.min(c.len())..end(c)])?;
-                writeln!(f, "   ours: ...{}", &o[from.min(o.len())..end(o)])?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A long transcript line shortened for display.
-fn clip(s: &str) -> String {
-    if s.len() > 200 {
-        format!("{}...({} chars)", &s[..200], s.len())
-    } else {
-        s.to_owned()
-    }
-}
-
-impl Pair {
-    /// Both daemons, relaxed or strict.
-    pub(crate) fn start(relaxed: bool) -> Pair {
-        Pair {
-            c: Target::start(Side::C, relaxed),
-            ours: Target::start(Side::Ours, relaxed),
-        }
-    }
-
-    /// Restarts both (a KILL ended one or both, or a clean state is wanted).
-    pub(crate) fn restart(&mut self) {
-        self.c.restart();
-        self.ours.restart();
-    }
-
-    /// Runs `scenario` on both at once: epmd-rs's transcript if they agree, `Err` with
-    /// both if they differ. Restarts the pair if a daemon exited.
-    pub(crate) fn compare(
-        &mut self,
-        scenario: &Scenario,
-        allow: &Deliberate,
-    ) -> Result<Vec<String>, Divergence> {
-        let (c, ours) = std::thread::scope(|s| {
-            let c = s.spawn(|| self.c.run(scenario, allow));
-            let ours = self.ours.run(scenario, allow);
-            (c.join().expect("C side panicked"), ours)
-        });
-        if !self.c.alive() || !self.ours.alive() {
-            self.restart();
-        }
-        let same = c.len() == ours.len()
-            && c.iter()
-                .zip(&ours)
-                .all(|(c, o)| c == o || cut_by_reset(c, o, allow));
-        if same {
-            Ok(ours)
-        } else {
-            Err(Divergence {
-                scenario: scenario.clone(),
-                c,
-                ours,
-            })
-        }
-    }
-
-    /// Shrinks a diverging scenario: drops steps (and whole connections) while it still
-    /// diverges from a fresh pair of daemons. Returns the smallest divergence found.
-    pub(crate) fn shrink(&mut self, found: Divergence, allow: &Deliberate) -> Divergence {
-        let mut best = found;
-        self.restart();
-        // The divergence may need earlier scenarios' state; keep it if it does not replay.
-        match self.compare(&best.scenario, allow) {
-            Err(d) => best = d,
-            Ok(_) => return best,
-        }
-        loop {
-            let mut progressed = false;
-            let conns: Vec<u8> = {
-                let mut c: Vec<u8> = best.scenario.steps.iter().map(Step::conn).collect();
-                c.sort_unstable();
-                c.dedup();
-                c
-            };
-            let mut candidates: Vec<Scenario> = conns
-                .iter()
-                .map(|&conn| without(&best.scenario, |s| s.conn() == conn))
-                .collect();
-            for i in (0..best.scenario.steps.len()).rev() {
-                let mut s = best.scenario.clone();
-                s.steps.remove(i);
-                candidates.push(s);
-            }
-            for candidate in candidates {
-                if candidate.steps.is_empty() || candidate.steps.len() >= best.scenario.steps.len()
-                {
-                    continue;
-                }
-                self.restart();
-                if let Err(d) = self.compare(&candidate, allow) {
-                    best = d;
-                    progressed = true;
-                    break;
-                }
-            }
-            if !progressed {
-                return best;
-            }
-        }
-    }
-}
-
-/// Whether C's observation `c` is epmd-rs's `ours` cut short by a reset: the C epmd
-/// writes NAMES and DUMP one line per write, Nagle holds lines back until the client
-/// acknowledges, and a close with unread bytes (a RST) drops what was still held; epmd-rs
-/// writes its reply at once (`reply-writes` in docs/PROTOCOL.md).
-fn cut_by_reset(c: &str, ours: &str, allow: &Deliberate) -> bool {
-    let (Some(c), Some(o)) = (c.strip_suffix(" RST"), ours.strip_suffix(" RST")) else {
-        return false;
-    };
-    if o.starts_with(c) {
-        allow.allow(ACCEPTED_KEYS[1]);
-        true
-    } else {
-        false
-    }
-}
-
-/// `scenario` without the steps `drop` selects.
-fn without(scenario: &Scenario, drop: impl Fn(&Step) -> bool) -> Scenario {
-    Scenario {
-        relaxed: scenario.relaxed,
-        steps: scenario
-            .steps
-            .iter()
-            .filter(|s| !drop(s))
-            .cloned()
-            .collect(),
-        requests: scenario.requests,
-    }
 }
