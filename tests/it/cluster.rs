@@ -12,6 +12,7 @@
 //! | epmd on loopback only | a second epmd-rs `-address 127.0.0.1` | `epmd_unreachable` |
 //! | policy refusing the prober | `--port-please-allow 10.77.0.0/29` (the prober is .100) | `epmd_refused` |
 //! | dist port dropped | `tc`: the host's packets from that port go to a zero-length FIFO | `dist_unreachable` (no answer) |
+//! | epmd port dropped | the same for the policy epmd's port, after its own row | `epmd_unreachable` (no answer) |
 //! | TLS distribution | `-proto_dist inet_tls`, a self-signed certificate | `dist_tls` |
 //! | host name mismatch | `-name alias@db4.cluster.test`, asked as `alias@10.77.0.4` | `host_name_mismatch` |
 //! | unregistered name | nothing | `name_not_registered` |
@@ -563,6 +564,21 @@ fn cluster_mesh_with_a_hand_over_then_doctor_and_fleet_against_each_fault() {
         took.as_millis() < slowest + 700,
         "fleet {} ms, slowest host alone {slowest} ms",
         took.as_millis()
+    );
+    // epmd behind a firewall that drops its packets: no answer rather than refused.
+    hosts[3].drop_source_port(4371);
+    let j = doctor(
+        &prober,
+        &[&format!("pol@{}", ip(3)), "--port", "4371"],
+        "epmd_unreachable",
+        11,
+    );
+    assert!(
+        j["steps"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no answer"),
+        "{j}"
     );
     drop(lo_epmd);
     drop(pol_epmd);

@@ -148,8 +148,13 @@ fn every_loopback_verdict_with_its_exit_code() {
     expect_verdict(&["a@host.invalid", p[0], p[1]], "host_unresolved", 10);
 
     // Arguments: not NAME@HOST, a bad timeout.
-    assert_eq!(doctor(&["nohost"]).code, 2);
-    assert_eq!(doctor(&[&target, "--timeout", "0"]).code, 2);
+    assert_eq!(doctor(&["nohost"]).code, 1);
+    assert_eq!(doctor(&[&target, "--timeout", "0"]).code, 1);
+    assert_eq!(
+        doctor(&[&target, "--cookie-file", "/nonexistent/cookie"]).code,
+        1
+    );
+    assert_eq!(doctor(&[]).code, 1, "clap's usage error");
 }
 
 #[test]
