@@ -142,7 +142,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("epmd-rs: doctor: {e}");
-                ExitCode::from(2)
+                ExitCode::from(1)
             }
         },
         Action::Daemon(d) => {

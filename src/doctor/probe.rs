@@ -164,10 +164,15 @@ fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-/// A random 32-bit number for our challenge and creation (std's randomly keyed hasher).
+/// A random 32-bit number for our challenge and creation: std's randomly keyed hasher
+/// (fresh keys per `RandomState`) over the wall clock and the pid.
 fn random_u32() -> u32 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.write_u32(std::process::id());
     (h.finish() >> 16) as u32
 }
 

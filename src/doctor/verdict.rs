@@ -62,8 +62,8 @@ impl Verdict {
         }
     }
 
-    /// The process exit code: 0 for `ok`, 10–18 in probe order for the failures (1 and 2
-    /// stay for usage and I/O errors of epmd-rs itself).
+    /// The process exit code: 0 for `ok`, 10–18 in probe order for the failures (1 stays
+    /// for usage errors, when no probe ran).
     pub fn exit_code(self) -> u8 {
         match self {
             Verdict::Ok => 0,
