@@ -14,7 +14,7 @@ use std::path::Path;
 use log::{info, warn};
 
 use crate::admin::Source;
-use crate::cli::DaemonConfig;
+use crate::cli::config::DaemonConfig;
 use crate::error::Error;
 use crate::handover::state::State;
 use crate::handover::transfer::{self, HANDOVER_FD_ENV, LISTEN_SOURCE_ENV};
@@ -110,7 +110,9 @@ pub fn run(
             };
             // SAFETY: the fd was inherited from the daemon that started us for this purpose.
             let server = unsafe {
-                transfer::receive(fd, server_config(source), || match &pid_file {
+                let config = server_config(source);
+                let rebuild = |state, fds| Server::from_state(state, fds, config, true);
+                transfer::receive(fd, rebuild, || match &pid_file {
                     Some(path) => write_pid_file(path).map_err(|e| io::Error::other(e.to_string())),
                     None => Ok(()),
                 })
@@ -171,7 +173,13 @@ pub fn run(
                 // another program.
                 let began = std::time::Instant::now();
                 let outcome = match self_exe {
-                    Some(b) => transfer::hand_over(&server, b, args, watchdog_usec),
+                    Some(b) => transfer::hand_over(
+                        server.snapshot(),
+                        server.listen_source() == Source::Systemd,
+                        b,
+                        args,
+                        watchdog_usec,
+                    ),
                     None => Err(transfer::HandoverError::Spawn(io::Error::new(
                         io::ErrorKind::NotFound,
                         "the daemon's own binary is unknown",

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 
-use crate::cli::ConfigError;
+use crate::cli::config::ConfigError;
 use crate::server::listener::ListenError;
 
 /// Everything that can stop the daemon from starting or running.

@@ -10,7 +10,7 @@
 //!
 //! # The session model
 //!
-//! [`Session`] mirrors `server/mod.rs` and `server/connection.rs` without sockets: each model
+//! [`Session`] mirrors `server/event_loop.rs` and `server/connection.rs` without sockets: each model
 //! connection has the bytes its peer sent that the server has not read yet (`inbox`, plus a
 //! FIN or RST flag), the bytes the server has read towards a frame (`rx`), and a phase
 //! (`AcceptDelay`, `Reading`, `WriteDelay`, `Registered`). Arriving bytes and readiness are

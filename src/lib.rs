@@ -7,7 +7,7 @@
 //!   above; [`daemon`] starts it (fd limit, listeners, `-daemon`).
 //! - [`client`]: the epmd-compatible client commands; [`query`] asks any epmd;
 //!   [`admin`] inspects the running daemon over its Unix socket.
-//! - [`cli`]: argv (with epmd's single-dash flags) → validated [`cli::Config`] → action.
+//! - [`cli`]: argv (with epmd's single-dash flags) → validated [`cli::config::Config`] → action.
 //!
 //! `protocol` and `registry` never touch a socket, a clock or the environment.
 
@@ -21,6 +21,8 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handover;
+#[cfg(test)]
+mod layering;
 pub mod logging;
 pub mod protocol;
 pub mod query;

@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use epmd_rs::cli::{self, Action, Config, ParseError};
+use epmd_rs::cli::config::{Action, Config, ConfigError};
+use epmd_rs::cli::{self, ParseError};
 use epmd_rs::{client, daemon, logging};
 
 fn main() -> ExitCode {
@@ -20,7 +21,7 @@ fn main() -> ExitCode {
     };
     let config = match Config::resolve(&cli, |k| std::env::var_os(k)) {
         Ok(c) => c,
-        Err(cli::ConfigError::Usage) => return usage(),
+        Err(ConfigError::Usage) => return usage(),
         Err(e) => {
             eprintln!("epmd-rs: {e}");
             return ExitCode::from(1);
@@ -132,7 +133,7 @@ fn main() -> ExitCode {
         },
         Action::Doctor { args, port } => match epmd_rs::doctor::Options::from_args(&args, port) {
             Ok(opts) => {
-                let report = epmd_rs::doctor::run(&opts);
+                let report = epmd_rs::doctor::probe::run(&opts);
                 if args.json {
                     println!("{}", serde_json::to_string(&report).unwrap_or_default());
                 } else {

@@ -9,8 +9,6 @@
 use std::ffi::OsString;
 use std::fmt;
 
-use super::config::atoi;
-
 /// epmd would print its usage and exit 1 for these arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UsageError;
@@ -123,6 +121,28 @@ fn joined(long: &str, value: &OsString) -> OsString {
     s.push("=");
     s.push(value);
     s
+}
+
+/// glibc's `atoi`: `(int) strtol(s, NULL, 10)`. Optional leading white space and sign,
+/// then digits up to the first other character; no digits gives 0. A value past the
+/// 64-bit `long` saturates to `LONG_MAX` / `LONG_MIN` as `strtol` does, and the cast to
+/// `int` keeps the low 32 bits (`-port 99999999999999999999` is -1, port 65535).
+pub fn atoi(s: &str) -> i32 {
+    let s = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let (negative, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    // The magnitude, saturated just past i64's range (enough to tell both limits apart).
+    let limit = i128::from(i64::MAX) + 1;
+    let mut n: i128 = 0;
+    for b in digits.bytes().take_while(u8::is_ascii_digit) {
+        n = (n * 10 + i128::from(b - b'0')).min(limit);
+    }
+    let n = if negative { -n } else { n };
+    let long = n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    long as i32
 }
 
 #[cfg(test)]

@@ -10,8 +10,6 @@ use clap::{Parser, Subcommand};
 
 use crate::admin::View;
 
-pub use config::{Action, ClientCommand, Config, ConfigError, DaemonConfig};
-
 /// The usage text of the C epmd, printed to stderr (exit 1) for `-h` and every usage error.
 pub const EPMD_USAGE: &[u8] = include_bytes!("usage.txt");
 

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::cli::ClientCommand;
+use crate::cli::config::ClientCommand;
 use crate::protocol::{encode_frame, Request};
 use output::Outcome;
 

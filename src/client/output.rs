@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::cli::ClientCommand;
+use crate::cli::config::ClientCommand;
 
 /// What a client command prints, and its exit code.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -181,11 +181,6 @@ impl Report {
     }
 }
 
-/// Runs every probe against `opts` and returns the report.
-pub fn run(opts: &Options) -> Report {
-    probe::run(opts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -222,8 +222,8 @@ fn own_host(target_host: &str, local: IpAddr) -> String {
     }
 }
 
-/// Runs every probe.
-pub(super) fn run(opts: &Options) -> Report {
+/// Runs every probe against `opts` and returns the report.
+pub fn run(opts: &Options) -> Report {
     let started = Instant::now();
     let mut p = Probe {
         opts,

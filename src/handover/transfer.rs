@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use super::fdpass::{recv_fds, send_fds};
 use super::state::{State, StateError};
-use crate::server::{Server, ServerConfig};
 
 /// The environment variable that tells a new process which fd is its hand-over socket.
 pub const HANDOVER_FD_ENV: &str = "EPMD_RS_HANDOVER_FD";
@@ -59,8 +58,11 @@ impl fmt::Display for HandoverError {
 
 impl std::error::Error for HandoverError {}
 
-/// Hands the daemon over to `binary` started with `args`; returns the successor's pid.
-/// On error the successor (if any) is killed, and `server` is untouched.
+/// Hands the daemon over to `binary` started with `args`: `snapshot` is the daemon's
+/// state and the fds to pass in the order of [`State::fd_names`]; `from_systemd` says
+/// that the listening sockets came from the service manager (the successor reports them
+/// so). Returns the successor's pid. On error the successor (if any) is killed, and the
+/// daemon is untouched.
 ///
 /// The successor is detached from this process (a double fork: an intermediate process
 /// forks it and exits, and is reaped here; the successor writes its own pid to the
@@ -77,13 +79,14 @@ impl std::error::Error for HandoverError {}
 /// `EPMD_RS_STATE_VERSION`, when set, overrides the version written (a test hook for the
 /// "unknown version is refused" path).
 pub fn hand_over(
-    server: &Server,
+    snapshot: (State, Vec<RawFd>),
+    from_systemd: bool,
     binary: &Path,
     args: &[OsString],
     watchdog_usec: Option<u64>,
 ) -> Result<u32, HandoverError> {
     let deadline = Instant::now() + HANDOVER_TIMEOUT;
-    let (mut state, fds) = server.snapshot();
+    let (mut state, fds) = snapshot;
     if let Some(v) = std::env::var("EPMD_RS_STATE_VERSION")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -102,10 +105,11 @@ pub fn hand_over(
         // make it ignore WATCHDOG_USEC.
         .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null());
-    match server.listen_source() {
-        crate::admin::Source::Systemd => cmd.env(LISTEN_SOURCE_ENV, "systemd"),
-        _ => cmd.env_remove(LISTEN_SOURCE_ENV),
-    };
+    if from_systemd {
+        cmd.env(LISTEN_SOURCE_ENV, "systemd");
+    } else {
+        cmd.env_remove(LISTEN_SOURCE_ENV);
+    }
     match watchdog_usec {
         Some(usec) => cmd.env("WATCHDOG_USEC", usec.to_string()),
         None => cmd.env_remove("WATCHDOG_USEC"),
@@ -359,19 +363,20 @@ impl fmt::Display for ReceiveError {
 
 impl std::error::Error for ReceiveError {}
 
-/// In the successor: reads the state and fds from `fd`, rebuilds the server, and completes
-/// the exchange. On a refused state the old process is told why.
+/// In the successor: reads the state and fds from `fd`, rebuilds the daemon with `rebuild`
+/// (its fds by name), and completes the exchange. On a refused state the old process is
+/// told why.
 ///
 /// # Safety
 /// `fd` must be the inherited hand-over socket, owned by nothing else in this process.
 ///
 /// `on_ready` runs once the server is rebuilt and before `READY` is sent (the pid file is
 /// written there, so it is right by the time the old process reports success).
-pub unsafe fn receive(
+pub unsafe fn receive<T>(
     fd: RawFd,
-    config: ServerConfig,
+    rebuild: impl FnOnce(State, HashMap<String, OwnedFd>) -> Result<T, StateError>,
     on_ready: impl FnOnce() -> io::Result<()>,
-) -> Result<Server, ReceiveError> {
+) -> Result<T, ReceiveError> {
     // SAFETY: the caller guarantees the fd is ours alone.
     let sock = unsafe { UnixStream::from_raw_fd(fd) };
     // Do not leak the socket into anything this process starts later.
@@ -400,7 +405,7 @@ pub unsafe fn receive(
     set_timeouts(&sock, deadline).map_err(io("receiving the sockets"))?;
     let fds = recv_fds(&sock, names.len()).map_err(io("receiving the sockets"))?;
     let by_name: HashMap<String, _> = names.into_iter().zip(fds).collect();
-    let server = match Server::from_state(state, by_name, config, true) {
+    let server = match rebuild(state, by_name) {
         Ok(s) => s,
         Err(e) => return refuse(&sock, ReceiveError::State(e)),
     };

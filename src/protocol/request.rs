@@ -29,7 +29,7 @@ pub struct Alive2Request {
 
 impl Alive2Request {
     /// Applies the registration rules of spec §4.1 (name, then extra length).
-    pub fn to_node_info(&self) -> Result<NodeInfo, super::NameError> {
+    pub fn to_node_info(&self) -> Result<NodeInfo, super::error::NameError> {
         let name = NodeName::new(&self.name)?;
         super::node::check_extra(&self.extra)?;
         Ok(NodeInfo {

@@ -168,7 +168,7 @@ impl Connection {
     pub fn fd_name(&self, token: mio::Token) -> String {
         self.store_name
             .as_deref()
-            .map_or_else(|| super::handover::conn_name(token), str::to_owned)
+            .map_or_else(|| super::fd_name::conn_name(token), str::to_owned)
     }
 
     /// The local address the connection arrived on (asked of the socket).

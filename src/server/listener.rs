@@ -12,7 +12,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::token::MAX_LISTENERS;
-use super::Server;
 use crate::admin::{ConfigEntry, Source};
 
 /// The most listening sockets `-address` may produce (the C epmd's 16th socket is refused).
@@ -164,26 +163,6 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
     Ok(socket.into())
-}
-
-impl Server {
-    /// Where the listening sockets came from: the service manager, or bound as `-address`
-    /// (flag or environment) or the default asked.
-    pub fn listen_source(&self) -> Source {
-        self.config.listen_source
-    }
-
-    /// The effective configuration for `admin config`: the settings as configured, plus
-    /// `listen`, the sockets actually listened on and where they came from. Under socket
-    /// activation `address` names the addresses of the passed sockets (source `systemd`),
-    /// since `-address` was not used.
-    pub fn config_report(&self) -> Vec<ConfigEntry> {
-        listen_report(
-            &self.config.report,
-            &self.local_addrs(),
-            self.config.listen_source,
-        )
-    }
 }
 
 /// `report` with the `listen` entry for the sockets `listening` from `source` (and, for

@@ -77,6 +77,9 @@ impl std::hash::Hasher for TokenHasher {
     }
 }
 
+// The admin listener token is reserved next to the TCP listeners.
+const _: () = assert!(ADMIN.0 < FIRST_CONN_TOKEN);
+
 /// A map keyed by tokens.
 pub type TokenMap<V> =
     std::collections::HashMap<Token, V, std::hash::BuildHasherDefault<TokenHasher>>;

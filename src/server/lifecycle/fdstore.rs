@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use mio::Token;
 
-use super::connection::Phase;
-use super::Server;
+use crate::handover::state::{PhaseState, State};
+use crate::systemd::Notifier;
 
 /// The fd-name prefix of the state memfds (`state-<n>`); a store written by an older
 /// build holds one `state`.
@@ -59,34 +59,6 @@ pub fn state_number(name: &str) -> Option<u64> {
         return Some(0);
     }
     name.strip_prefix(STATE_PREFIX)?.parse().ok()
-}
-
-/// This process's incarnation id: 64 random bits, drawn once. Connection fd names carry
-/// it (`conn-<id>-<token>`), so that names made by different processes never collide,
-/// even when every process has the same pid (pid 1 in a container, pid reuse).
-pub fn incarnation() -> u64 {
-    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *ID.get_or_init(random_u64)
-}
-
-/// 64 bits from the kernel's random source (`getrandom`, else `/dev/urandom`); if both
-/// fail, the time in nanoseconds mixed with the pid, which still differs between two
-/// processes started one after the other.
-fn random_u64() -> u64 {
-    let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most buf.len() bytes into buf.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n == buf.len() as isize
-        || File::open("/dev/urandom")
-            .and_then(|mut f| io::Read::read_exact(&mut f, &mut buf))
-            .is_ok()
-    {
-        return u64::from_ne_bytes(buf);
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// A notification for the store.
@@ -187,135 +159,102 @@ pub fn sealed_memfd(doc: &[u8]) -> io::Result<File> {
     Ok(memfd)
 }
 
-impl Server {
+/// Where the store finds a registration connection's fd: its fd name and fd while it is
+/// still open and registered, `None` once it is gone.
+pub type ConnFd<'a> = &'a dyn Fn(Token) -> Option<(String, RawFd)>;
+
+impl FdStore {
     /// Starts keeping state in systemd's fd store. `stored` is the state the store holds
     /// now (restored from it, or passed along in a hand-over), by name, if any; it is
     /// removed once a newer one has been stored. `at_least` is a lower bound for the next
-    /// state number (above every state name seen in the store). Every registration
-    /// connection is stored again: systemd ignores fds it already holds.
-    pub fn enable_fd_store(
-        &mut self,
-        stored: Option<(String, File)>,
-        at_least: u64,
-    ) -> io::Result<()> {
-        if self.notifier.is_none() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "no NOTIFY_SOCKET"));
-        }
-        let stored = stored.or_else(|| self.inherited_memfd.take());
+    /// state number (above every state name seen in the store). `registered` are the
+    /// registration connections, stored again behind the first state (systemd ignores fds
+    /// it already holds).
+    pub fn new(stored: Option<(String, File)>, at_least: u64, registered: Vec<Token>) -> FdStore {
         let next_number = stored
             .as_ref()
             .and_then(|(name, _)| state_number(name))
             .map_or(1, |n| n.saturating_add(1))
             .max(at_least);
-        let pending = self
-            .conns
-            .iter()
-            .filter(|(t, c)| {
-                c.phase == Phase::Registered && self.registry.by_conn(super::conn_id(**t)).is_some()
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        self.shared_fds = true;
-        self.fdstore = Some(FdStore {
+        FdStore {
             stored,
             next_number,
             queue: VecDeque::new(),
             retry: None,
-            pending,
+            pending: registered,
             dirty: true,
             next_flush: Some(Instant::now()),
             interval: MIN_FLUSH_INTERVAL,
             counts: FdStoreCounts::default(),
-        });
-        self.flush_fd_store();
-        Ok(())
-    }
-
-    /// Removes a fd name from the store (a connection that is gone, or a stored fd that
-    /// was not restored). Queued behind earlier notifications when the fd store is in use.
-    pub fn fd_store_remove(&mut self, name: &str) {
-        match self.fdstore.as_mut() {
-            Some(store) => {
-                push(
-                    store,
-                    Outgoing::Remove {
-                        name: name.to_owned(),
-                    },
-                );
-                self.send_fd_store_queue();
-            }
-            None => {
-                if let Some(n) = &self.notifier {
-                    if let Err(e) = n.notify(&format!("FDSTOREREMOVE=1\nFDNAME={name}")) {
-                        warn!("cannot remove {name} from the fd store: {e}");
-                    }
-                }
-            }
         }
     }
 
-    /// The fd-store counters, if the store is in use.
-    pub fn fd_store_counts(&self) -> Option<FdStoreCounts> {
-        self.fdstore.as_ref().map(FdStore::counts)
+    /// Removes a fd name from the store (a connection that is gone, or a stored fd that
+    /// was not restored), queued behind earlier notifications.
+    pub fn remove(&mut self, name: &str, notifier: &Notifier, conn_fd: ConnFd<'_>) {
+        push(
+            self,
+            Outgoing::Remove {
+                name: name.to_owned(),
+            },
+        );
+        self.send_queue(notifier, conn_fd);
     }
 
     /// Notes that the registrations changed; `registered` is a connection that just
     /// became a registration.
-    pub(super) fn fd_store_changed(&mut self, registered: Option<Token>) {
-        let Some(store) = self.fdstore.as_mut() else {
-            return;
-        };
+    pub fn changed(&mut self, registered: Option<Token>) {
         if let Some(t) = registered {
-            store.pending.push(t);
+            self.pending.push(t);
         }
-        store.dirty = true;
-        if store.next_flush.is_none() {
-            store.next_flush = Some(Instant::now() + store.interval);
+        self.dirty = true;
+        if self.next_flush.is_none() {
+            self.next_flush = Some(Instant::now() + self.interval);
         }
     }
 
     /// A connection closed: drop it from the store at once if it is there (and from the
     /// queue if it was still waiting to be stored).
-    pub(super) fn fd_store_closed(&mut self, token: Token, name: &str, was_registered: bool) {
-        let Some(store) = self.fdstore.as_mut() else {
-            return;
-        };
-        store.pending.retain(|t| *t != token);
-        store
-            .queue
+    pub fn closed(
+        &mut self,
+        token: Token,
+        name: &str,
+        was_registered: bool,
+        notifier: &Notifier,
+        conn_fd: ConnFd<'_>,
+    ) {
+        self.pending.retain(|t| *t != token);
+        self.queue
             .retain(|o| !matches!(o, Outgoing::Conn { token: t, .. } if *t == token));
         if was_registered {
-            self.fd_store_remove(name);
-            self.fd_store_changed(None);
+            self.remove(name, notifier, conn_fd);
+            self.changed(None);
         }
     }
 
-    /// Rewrites the state if it changed and its time has come (into a new memfd, queued
-    /// for the store), then queues the registration connections it lists; then sends
-    /// what is queued, if the retry time has come.
-    pub(super) fn flush_fd_store(&mut self) {
-        let now = Instant::now();
-        let due = self
-            .fdstore
-            .as_ref()
-            .is_some_and(|s| s.dirty && s.next_flush.is_some_and(|t| t <= now));
-        if due {
-            self.write_state();
+    /// Whether a state rewrite is due at `now`.
+    pub fn rewrite_due(&self, now: Instant) -> bool {
+        self.dirty && self.next_flush.is_some_and(|t| t <= now)
+    }
+
+    /// Writes `state`, when given (the caller found [`FdStore::rewrite_due`]), to a new
+    /// memfd queued for the store, then queues the registration connections it lists;
+    /// then sends what is queued, if a state was written or the retry time has come.
+    pub fn flush(&mut self, notifier: &Notifier, state: Option<State>, conn_fd: ConnFd<'_>) {
+        let written = state.is_some();
+        if let Some(state) = state {
+            self.write_state(state, conn_fd);
         }
-        let retry_due = self
-            .fdstore
-            .as_ref()
-            .is_some_and(|s| s.retry.is_some_and(|(t, _)| t <= now));
-        if due || retry_due {
-            self.send_fd_store_queue();
+        let retry_due = self.retry.is_some_and(|(t, _)| t <= Instant::now());
+        if written || retry_due {
+            self.send_queue(notifier, conn_fd);
         }
     }
 
-    /// Writes the state to a new memfd and queues it, then the registration connections
-    /// waiting for it.
-    fn write_state(&mut self) {
+    /// Writes `state` (its registration connections only) to a new memfd and queues it,
+    /// then the registration connections waiting for it.
+    fn write_state(&mut self, mut state: State, conn_fd: ConnFd<'_>) {
         let started = Instant::now();
-        let (mut state, _) = self.snapshot();
         // Listeners come back from the socket unit and the admin socket is bound anew;
         // only registration connections are kept.
         state.listeners.clear();
@@ -323,74 +262,57 @@ impl Server {
         state.fd_store = None;
         state
             .connections
-            .retain(|c| c.phase == crate::handover::state::PhaseState::Registered);
+            .retain(|c| c.phase == PhaseState::Registered);
         let doc = state.encode();
         let written = sealed_memfd(&doc);
-        let Some(store) = self.fdstore.as_mut() else {
-            return;
-        };
-        store.dirty = false;
-        store.interval = (started.elapsed() * 10).max(MIN_FLUSH_INTERVAL);
-        store.next_flush = None;
+        self.dirty = false;
+        self.interval = (started.elapsed() * 10).max(MIN_FLUSH_INTERVAL);
+        self.next_flush = None;
         let memfd = match written {
             Ok(m) => m,
             Err(e) => {
                 warn!("cannot write the state for the fd store: {e}");
-                store.counts.failed += 1;
+                self.counts.failed += 1;
                 // Connections wait for a state that lists them; try again later.
-                store.dirty = true;
-                store.next_flush = Some(Instant::now() + store.interval);
+                self.dirty = true;
+                self.next_flush = Some(Instant::now() + self.interval);
                 return;
             }
         };
-        let name = state_name(store.next_number);
-        store.next_number = store.next_number.saturating_add(1);
+        let name = state_name(self.next_number);
+        self.next_number = self.next_number.saturating_add(1);
         // A newer state takes the place of one still waiting (the older one need never be
         // stored): connections queued behind it stay behind a state that lists them.
-        let waiting = store
+        let waiting = self
             .queue
             .iter_mut()
             .find(|o| matches!(o, Outgoing::State { .. }));
         match waiting {
             Some(slot) => *slot = Outgoing::State { name, memfd },
-            None => push(store, Outgoing::State { name, memfd }),
+            None => push(self, Outgoing::State { name, memfd }),
         }
-        let pending = std::mem::take(&mut store.pending);
+        let pending = std::mem::take(&mut self.pending);
         for token in pending {
-            let Some(conn) = self.conns.get(&token) else {
-                continue;
-            };
-            if conn.phase != Phase::Registered {
-                continue;
-            }
-            let name = conn.fd_name(token);
-            if let Some(store) = self.fdstore.as_mut() {
-                push(store, Outgoing::Conn { token, name });
+            if let Some((name, _)) = conn_fd(token) {
+                push(self, Outgoing::Conn { token, name });
             }
         }
     }
 
     /// Sends queued notifications in order until the socket is full (then a retry is
     /// scheduled) or the queue is empty.
-    pub(super) fn send_fd_store_queue(&mut self) {
-        let Some(store) = self.fdstore.as_mut() else {
-            return;
-        };
-        let Some(notifier) = &self.notifier else {
-            return;
-        };
-        while let Some(next) = store.queue.front() {
+    fn send_queue(&mut self, notifier: &Notifier, conn_fd: ConnFd<'_>) {
+        while let Some(next) = self.queue.front() {
             let result = match next {
                 Outgoing::State { name, memfd } => notifier
                     .notify_with_fds(&format!("FDSTORE=1\nFDNAME={name}"), &[memfd.as_raw_fd()]),
-                Outgoing::Conn { token, name } => match self.conns.get(token) {
-                    Some(conn) if conn.phase == Phase::Registered => notifier.notify_with_fds(
-                        &format!("FDSTORE=1\nFDNAME={name}"),
-                        &[conn.stream.as_raw_fd()],
-                    ),
+                Outgoing::Conn { token, name } => match conn_fd(*token) {
+                    Some((_, fd)) => {
+                        notifier.notify_with_fds(&format!("FDSTORE=1\nFDNAME={name}"), &[fd])
+                    }
                     // Closed meanwhile: nothing to store.
-                    _ => {
-                        store.queue.pop_front();
+                    None => {
+                        self.queue.pop_front();
                         continue;
                     }
                 },
@@ -400,36 +322,36 @@ impl Server {
             };
             match result {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let delay = store
+                    let delay = self
                         .retry
                         .map_or(FIRST_RETRY_DELAY, |(_, d)| (d * 2).min(MAX_RETRY_DELAY));
-                    store.retry = Some((Instant::now() + delay, delay));
+                    self.retry = Some((Instant::now() + delay, delay));
                     debug!(
                         "fd store: the notification socket is full, {} waiting",
-                        store.queue.len()
+                        self.queue.len()
                     );
                     return;
                 }
                 Err(e) => {
-                    let sent = store.queue.pop_front();
-                    store.counts.failed += 1;
+                    let sent = self.queue.pop_front();
+                    self.counts.failed += 1;
                     warn!("fd store: cannot send {}: {e}", describe(sent.as_ref()));
                 }
-                Ok(()) => match store.queue.pop_front() {
+                Ok(()) => match self.queue.pop_front() {
                     Some(Outgoing::State { name, memfd }) => {
-                        store.counts.stored += 1;
+                        self.counts.stored += 1;
                         // The new state is stored: the previous one can go.
-                        if let Some((old, _)) = store.stored.replace((name, memfd)) {
-                            store.queue.push_front(Outgoing::Remove { name: old });
+                        if let Some((old, _)) = self.stored.replace((name, memfd)) {
+                            self.queue.push_front(Outgoing::Remove { name: old });
                         }
                     }
-                    Some(Outgoing::Conn { .. }) => store.counts.stored += 1,
-                    Some(Outgoing::Remove { .. }) => store.counts.removed += 1,
+                    Some(Outgoing::Conn { .. }) => self.counts.stored += 1,
+                    Some(Outgoing::Remove { .. }) => self.counts.removed += 1,
                     None => {}
                 },
             }
         }
-        store.retry = None;
+        self.retry = None;
     }
 }
 
@@ -461,13 +383,6 @@ fn describe(o: Option<&Outgoing>) -> String {
 mod tests {
     use super::*;
     use std::io::Read;
-
-    #[test]
-    fn incarnation_ids_are_stable_in_a_process_and_random() {
-        assert_eq!(incarnation(), incarnation());
-        let drawn: std::collections::HashSet<u64> = (0..64).map(|_| random_u64()).collect();
-        assert_eq!(drawn.len(), 64, "64 draws of 64 random bits repeated");
-    }
 
     #[test]
     fn state_names_number_in_order() {
