@@ -271,11 +271,22 @@ fn connect_bound(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
 fn silently_closed(s: &mut TcpStream, timeout: Duration) -> bool {
     s.set_read_timeout(Some(timeout)).expect("set_read_timeout");
     let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(n) => panic!("expected a silent close, received {}", hex(&buf[..n])),
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
-        Err(_) => true,
+    loop {
+        return match s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => panic!("expected a silent close, received {}", hex(&buf[..n])),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                true
+            }
+            Err(e) => panic!("reading from {:?}: unexpected error {e}", s.peer_addr()),
+        };
     }
 }
 
