@@ -307,3 +307,34 @@ fn a_new_connection_is_answered_after_earlier_bytes() {
         );
     }
 }
+
+/// Generated scenarios survive their one-line text form (the regression file's format).
+#[test]
+fn scenario_lines_round_trip() {
+    let mut generator = Generator::new(7);
+    for _ in 0..300 {
+        let scenario = generator.scenario();
+        let parsed = Scenario::parse(&scenario.to_string()).expect("parse a generated line");
+        assert_eq!(
+            (parsed.relaxed, &parsed.steps),
+            (scenario.relaxed, &scenario.steps)
+        );
+    }
+    assert!(Scenario::parse("lenient s0=00").is_err());
+    assert!(Scenario::parse("strict s0=0").is_err());
+    assert!(Scenario::parse("strict x0").is_err());
+}
+
+/// The allowlist is the doc's table: a key it does not hold is refused.
+#[test]
+#[should_panic(expected = "not in the table of docs/PROTOCOL.md")]
+fn an_undocumented_difference_is_refused() {
+    let doc = "## Deliberate differences from the C epmd 25.x\n\n\
+               | key | behaviour | C epmd | epmd-rs | why |\n\
+               |---|---|---|---|---|\n\
+               | `dump-fd` | DUMP fd | a | b | c |\n";
+    let allow = Deliberate::parse(doc);
+    assert_eq!(allow.keys(), ["dump-fd"]);
+    allow.allow("dump-fd");
+    allow.allow("reply-writes");
+}
