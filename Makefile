@@ -84,7 +84,8 @@ fuzz:
 
 # What CI runs: every target for FUZZ_CI_SECONDS from the committed seeds only (a scratch
 # work corpus), so an oracle that fails at once cannot go unnoticed; falls back to the
-# in-process fuzz bodies if the targets cannot be built.
+# in-process fuzz bodies only where there is no working C++ compiler (libFuzzer cannot be
+# built there); a stale fuzz/Cargo.lock or a compile error fails.
 FUZZ_CI_SECONDS ?= 10
 fuzz-ci:
 	@work=$$(mktemp -d) && trap 'rm -rf "$$work"' EXIT && \

@@ -11,8 +11,8 @@
 # the committed seeds in fuzz/corpus/ are only read. A crash stops the run (exit 1) and
 # leaves its input in fuzz/artifacts/<target>/.
 #
-# FUZZ_FALLBACK=1 (CI): if the targets cannot be built (no C++ compiler, say), say so and
-# run the fuzz bodies in-process instead (`cargo test --lib fuzzing::`: the committed corpus
+# FUZZ_FALLBACK=1 (CI): if there is no working C++ compiler (libFuzzer cannot be built), say
+# so and run the fuzz bodies in-process instead (`cargo test --lib fuzzing::`: the committed corpus
 # and a bounded pseudo-random loop), so the step still checks the oracles.
 # FUZZ_QUIET=1 (CI): libFuzzer's progress goes to a log, shown (its end) only on failure.
 # FUZZ_TARGET_DIR: where the targets are built (default fuzz/target).
@@ -39,16 +39,22 @@ flags+=" -Cllvm-args=-sanitizer-coverage-pc-table"
 flags+=" -Cllvm-args=-sanitizer-coverage-trace-compares"
 flags+=" --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 
-# --target: the flags apply to the targets only, not to build scripts.
-if ! RUSTFLAGS="$flags" $cargo build --locked --release --target "$host" \
-	--target-dir "$target_dir" --bins; then
+# FUZZ_FALLBACK covers a machine without a working C++ compiler only (libFuzzer cannot be
+# built there); any other build failure (a stale fuzz/Cargo.lock, a compile error) fails.
+cxx=${CXX:-c++}
+if ! echo 'int main() { return 0; }' | "$cxx" -x c++ - -o /dev/null 2>/dev/null; then
 	if [ "${FUZZ_FALLBACK:-0}" = 1 ]; then
-		echo "fuzz: the libFuzzer targets could not be built (see above);" \
+		echo "fuzz: no working C++ compiler ($cxx), so libFuzzer cannot be built;" \
 			"running the fuzz bodies in-process instead (cargo test --lib fuzzing::)" >&2
 		cd .. && exec $cargo test --locked --lib fuzzing::
 	fi
+	echo "fuzz: no working C++ compiler ($cxx): libFuzzer cannot be built" >&2
 	exit 1
 fi
+
+# --target: the flags apply to the targets only, not to build scripts.
+RUSTFLAGS="$flags" $cargo build --locked --release --target "$host" \
+	--target-dir "$target_dir" --bins
 
 summary=()
 for t in "${targets[@]}"; do
