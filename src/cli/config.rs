@@ -116,6 +116,8 @@ pub struct DaemonConfig {
     pub ipv6_source_prefix: Option<u8>,
     /// Keep registrations in systemd's fd store.
     pub fd_store: bool,
+    /// `--metrics-listen`: where to serve `/metrics`, `/livez` and `/readyz` (none: off).
+    pub metrics_listen: Vec<std::net::SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -296,6 +298,26 @@ impl Config {
                 value: text.clone(),
             }),
         };
+        let (metrics_text, metrics_src) = if cli.metrics_listen.is_empty() {
+            match env_str("EPMD_RS_METRICS_LISTEN") {
+                Some(v) => (v, Source::Environment),
+                None => (String::new(), Source::Default),
+            }
+        } else {
+            (cli.metrics_listen.join(","), Source::Flag)
+        };
+        let metrics_listen = metrics_text
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse::<std::net::SocketAddr>()
+                    .map_err(|_| ConfigError::Invalid {
+                        key: "metrics-listen",
+                        value: a.to_owned(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let names_allow = setting(&cli.names_allow, "EPMD_RS_NAMES_ALLOW");
         let port_please_allow = setting(&cli.port_please_allow, "EPMD_RS_PORT_PLEASE_ALLOW");
         let count = |key: &'static str, flag: Option<usize>, var: &str| match (flag, env_str(var)) {
@@ -356,6 +378,7 @@ impl Config {
             max_connections_per_source: max_per_source.map(|(n, _)| n),
             ipv6_source_prefix: ipv6_prefix.map(|(n, _)| n),
             fd_store: cli.fd_store || env("FDSTORE").is_some(),
+            metrics_listen,
         };
         let shown = |v: &Option<(String, Source)>| match v {
             Some((text, src)) => (text.clone(), *src),
@@ -452,6 +475,15 @@ impl Config {
                 "fd-store",
                 daemon.fd_store.to_string(),
                 flag_or_env(cli.fd_store, "FDSTORE"),
+            ),
+            entry(
+                "metrics-listen",
+                if metrics_text.is_empty() {
+                    "none".to_owned()
+                } else {
+                    metrics_text.clone()
+                },
+                metrics_src,
             ),
             entry("names-allow", names_text, names_src),
             entry("port-please-allow", lookup_text, lookup_src),

@@ -140,6 +140,12 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics (`/metrics`) and health (`/livez`, `/readyz`) over HTTP on
+    /// this address, e.g. `127.0.0.1:9369` (repeatable; off by default) [env:
+    /// EPMD_RS_METRICS_LISTEN, comma-separated].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Vec<String>,
+
     /// A subcommand (without one, epmd-rs is the daemon or an epmd client).
     #[command(subcommand)]
     pub command: Option<Command>,
