@@ -131,6 +131,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Action::Wait { args, port } => wait(&args, port),
         Action::Doctor { args, port } => match epmd_rs::doctor::Options::from_args(&args, port) {
             Ok(opts) => {
                 let report = epmd_rs::doctor::probe::run(&opts);
@@ -204,4 +205,41 @@ fn query(what: &cli::QueryWhat, port: u16) -> Result<String, epmd_rs::query::Que
 fn usage() -> ExitCode {
     let _ = std::io::stderr().write_all(cli::EPMD_USAGE);
     ExitCode::from(1)
+}
+
+/// `epmd-rs wait`: 0 once reached, 1 at the timeout, 2 for bad arguments.
+fn wait(args: &cli::WaitArgs, port: u16) -> ExitCode {
+    use epmd_rs::wait::{self, WaitFor, Waited};
+    let what = match wait::parse_timeout(&args.timeout) {
+        Ok(timeout) => WaitFor {
+            host: args.host.clone(),
+            port,
+            name: args.name.clone(),
+            gone: args.gone,
+            timeout,
+        },
+        Err(e) => {
+            eprintln!("epmd-rs: wait: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match wait::wait(&what) {
+        Ok(Waited::Reached { .. }) => ExitCode::SUCCESS,
+        Ok(Waited::TimedOut) => {
+            let state = if what.gone {
+                "still registered"
+            } else {
+                "not registered"
+            };
+            eprintln!(
+                "epmd-rs: wait: {} {state} with the epmd at {}:{} after {:?}",
+                what.name, what.host, what.port, what.timeout
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("epmd-rs: wait: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

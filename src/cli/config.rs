@@ -48,6 +48,13 @@ pub enum Action {
         /// The epmd port.
         port: u16,
     },
+    /// Wait for a name to be registered or gone (`wait`).
+    Wait {
+        /// The arguments as given.
+        args: super::WaitArgs,
+        /// The epmd port.
+        port: u16,
+    },
     /// Diagnose one node (`doctor`).
     Doctor {
         /// The arguments as given.
@@ -215,6 +222,15 @@ impl Config {
                     action: Action::Query {
                         what: what.clone(),
                         port: port.unwrap_or_else(env_port),
+                    },
+                    debug: cli.debug,
+                });
+            }
+            Some(Command::Wait(args)) => {
+                return Ok(Config {
+                    action: Action::Wait {
+                        args: args.clone(),
+                        port: args.port.unwrap_or_else(env_port),
                     },
                     debug: cli.debug,
                 });

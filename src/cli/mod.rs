@@ -185,6 +185,28 @@ pub enum Command {
     /// Say why NODE@HOST cannot be reached: resolve, epmd, PORT_PLEASE2, the distribution
     /// port and handshake (and the cookie, if given), one verdict line each.
     Doctor(DoctorArgs),
+    /// Wait until NAME is registered with an epmd (exit 0), or give up at --timeout
+    /// (exit 1); with --gone, until it is not.
+    Wait(WaitArgs),
+}
+
+/// The arguments of `wait`.
+#[derive(clap::Args, Debug, PartialEq, Eq, Clone)]
+pub struct WaitArgs {
+    /// The node name (the part before `@`).
+    pub name: String,
+    /// Host to ask.
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    /// epmd port [default: $ERL_EPMD_PORT or 4369].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Seconds to wait at most.
+    #[arg(long, value_name = "SECONDS", default_value = "30")]
+    pub timeout: String,
+    /// Wait for the name to disappear instead.
+    #[arg(long)]
+    pub gone: bool,
 }
 
 /// The arguments of `doctor`.

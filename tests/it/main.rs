@@ -96,3 +96,6 @@ mod deb_package;
 // `--metrics-listen`: /metrics equal to admin stats, /livez, /readyz at the cap, hostile
 // HTTP rows, a real Prometheus scraping real Erlang nodes, promtool.
 mod metrics;
+
+// `epmd-rs wait NAME [--gone]`: real nodes, timeouts, latency.
+mod wait;
