@@ -165,7 +165,7 @@ fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
                         },
                         n.peer,
                         n.local,
-                        n.registered_at.to_string(),
+                        super::table::rfc3339(n.registered_at),
                         format!("{}s", n.age_secs),
                     ]
                 })
@@ -255,7 +255,11 @@ fn watch(stream: UnixStream, json: bool, out: &mut dyn Write) -> Result<(), Admi
         } else {
             format!(
                 "{} {:<10} {} port {} creation {}\n",
-                event.at, event.event, event.name, event.port, event.creation
+                super::table::rfc3339(event.at),
+                event.event,
+                event.name,
+                event.port,
+                event.creation
             )
         };
         if out

@@ -96,6 +96,9 @@ pub struct NodeView {
     pub local: String,
     /// Unix time of the registration.
     pub registered_at: u64,
+    /// The same as an RFC 3339 UTC time (empty from a daemon that did not send it).
+    #[serde(default)]
+    pub registered: String,
     /// Seconds since the registration.
     pub age_secs: u64,
 }
@@ -218,4 +221,7 @@ pub struct WatchEvent {
     pub creation: u32,
     /// Unix time of the event.
     pub at: u64,
+    /// The same as an RFC 3339 UTC time (empty from a daemon that did not send it).
+    #[serde(default)]
+    pub time: String,
 }

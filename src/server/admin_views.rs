@@ -80,6 +80,7 @@ fn node_views(src: &Sources<'_>) -> Vec<NodeView> {
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
                 registered_at: r.registered_at,
+                registered: crate::admin::table::rfc3339(r.registered_at),
                 age_secs: src.now.saturating_sub(r.registered_at),
             }
         })
@@ -151,6 +152,7 @@ pub fn watch_event(kind: &str, reg: &Registration, at: u64) -> WatchEvent {
         port: reg.info.port,
         creation: creation_as_sent(reg),
         at,
+        time: crate::admin::table::rfc3339(at),
     }
 }
 
