@@ -35,6 +35,9 @@ fn main() -> ExitCode {
         },
         _ => logging::LogTarget::Stderr,
     };
+    if let Action::Daemon(d) = &config.action {
+        logging::set_format(d.log_format);
+    }
     match logging::init(config.debug, &target) {
         Ok(()) => {}
         Err(e) if target == logging::LogTarget::Syslog => {
@@ -64,7 +67,12 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().write_all(&out.stderr);
             ExitCode::from(out.code)
         }
-        Action::Admin { socket, view, json } => {
+        Action::Admin {
+            socket,
+            view,
+            name,
+            json,
+        } => {
             let Some(path) = socket else {
                 eprintln!(
                     "epmd-rs: {}",
@@ -73,7 +81,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             };
             let mut out = std::io::stdout().lock();
-            let result = if view == epmd_rs::admin::View::Upgrade {
+            let result = if view == epmd_rs::admin::View::History {
+                epmd_rs::admin::client::history(&path, name.as_deref(), json, &mut out)
+            } else if view == epmd_rs::admin::View::Upgrade {
                 epmd_rs::admin::client::upgrade(&path, json, &mut out)
             } else {
                 epmd_rs::admin::client::run(&path, view, json, &mut out)

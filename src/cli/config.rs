@@ -36,6 +36,8 @@ pub enum Action {
         socket: Option<PathBuf>,
         /// The view.
         view: View,
+        /// With `history`: only this node's events.
+        name: Option<String>,
         /// JSON instead of a table.
         json: bool,
     },
@@ -123,6 +125,8 @@ pub struct DaemonConfig {
     pub ipv6_source_prefix: Option<u8>,
     /// Keep registrations in systemd's fd store.
     pub fd_store: bool,
+    /// `--log-format`.
+    pub log_format: crate::logging::LogFormat,
     /// `--metrics-listen`: where to serve `/metrics`, `/livez` and `/readyz` (none: off).
     pub metrics_listen: Vec<std::net::SocketAddr>,
 }
@@ -189,6 +193,7 @@ impl Config {
         match &cli.command {
             Some(Command::Admin {
                 view,
+                name,
                 socket,
                 port,
                 json,
@@ -203,6 +208,7 @@ impl Config {
                     action: Action::Admin {
                         socket,
                         view: *view,
+                        name: name.clone(),
                         json: *json,
                     },
                     debug: cli.debug,
@@ -334,6 +340,17 @@ impl Config {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let log_format_setting = setting(&cli.log_format, "EPMD_RS_LOG_FORMAT");
+        let log_format = match log_format_setting.as_ref().map(|(v, _)| v.as_str()) {
+            None | Some("text") => crate::logging::LogFormat::Text,
+            Some("json") => crate::logging::LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log-format",
+                    value: other.to_owned(),
+                })
+            }
+        };
         let names_allow = setting(&cli.names_allow, "EPMD_RS_NAMES_ALLOW");
         let port_please_allow = setting(&cli.port_please_allow, "EPMD_RS_PORT_PLEASE_ALLOW");
         let count = |key: &'static str, flag: Option<usize>, var: &str| match (flag, env_str(var)) {
@@ -395,6 +412,7 @@ impl Config {
             ipv6_source_prefix: ipv6_prefix.map(|(n, _)| n),
             fd_store: cli.fd_store || env("FDSTORE").is_some(),
             metrics_listen,
+            log_format,
         };
         let shown = |v: &Option<(String, Source)>| match v {
             Some((text, src)) => (text.clone(), *src),
@@ -492,6 +510,10 @@ impl Config {
                 daemon.fd_store.to_string(),
                 flag_or_env(cli.fd_store, "FDSTORE"),
             ),
+            match &log_format_setting {
+                Some((v, src)) => entry("log-format", v.clone(), *src),
+                None => entry("log-format", "text".to_owned(), Source::Default),
+            },
             entry(
                 "metrics-listen",
                 if metrics_text.is_empty() {

@@ -140,6 +140,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
+    /// `text` (default) or `json`: one JSON object per log line, node events with their
+    /// fields [env: EPMD_RS_LOG_FORMAT].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
     /// Serve Prometheus metrics (`/metrics`) and health (`/livez`, `/readyz`) over HTTP on
     /// this address, e.g. `127.0.0.1:9369` (repeatable; off by default) [env:
     /// EPMD_RS_METRICS_LISTEN, comma-separated].
@@ -159,6 +164,8 @@ pub enum Command {
         /// What to show.
         #[arg(value_enum)]
         view: View,
+        /// With `history`: only this node's events.
+        name: Option<String>,
         /// The admin socket [default: derived from the port, as the daemon does].
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,

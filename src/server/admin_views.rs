@@ -55,7 +55,7 @@ pub fn render(view: View, src: &Sources<'_>) -> String {
         }
         View::Stats => serde_json::to_string(&stats_view(src)),
         View::Config => serde_json::to_string(&src.config),
-        View::Watch | View::Upgrade => Ok(String::new()),
+        View::Watch | View::Upgrade | View::History => Ok(String::new()),
     };
     json.unwrap_or_default()
 }

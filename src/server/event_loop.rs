@@ -24,6 +24,7 @@ use crate::server::admission::Admission;
 use crate::server::config::{Caps, ServerConfig, SHORT_REQUEST_RESERVE};
 use crate::server::connection::{CloseReason, Connection, Output, Phase, ReadOutcome};
 use crate::server::dispatch::{self, After, Event, Origin};
+use crate::server::events::{self, UnregisterReason};
 use crate::server::http::{Route, Status};
 use crate::server::http_plane::HttpPlane;
 use crate::server::lifecycle::fdstore::{FdStore, FdStoreCounts};
@@ -428,7 +429,7 @@ impl Server {
                 if conn.has_pending_output() {
                     if let Err(e) = conn.flush() {
                         debug!("write to registration connection failed: {e}");
-                        self.close(token);
+                        self.close_for(token, UnregisterReason::WriteFailed);
                         return None;
                     }
                     self.update_interest(token);
@@ -503,10 +504,21 @@ impl Server {
         log_event(token, &action.event);
         self.stats.count_event(&action.event);
         if let Some(removed) = &action.removed {
-            match action.event {
-                Event::ReplacedDeadOwner { .. } => self.stats.unregistered_replaced += 1,
-                _ => self.stats.unregistered_stopped += 1,
-            }
+            let reason = match action.event {
+                Event::ReplacedDeadOwner { .. } => {
+                    self.stats.unregistered_replaced += 1;
+                    UnregisterReason::Replaced
+                }
+                _ => {
+                    self.stats.unregistered_stopped += 1;
+                    UnregisterReason::Stop
+                }
+            };
+            let peer = self
+                .conns
+                .get(&Token(removed.conn.0 as usize))
+                .map(|c| c.peer);
+            self.node_event(removed, Some(reason), peer);
             self.emit("unregister", removed);
         }
         if matches!(
@@ -514,6 +526,8 @@ impl Server {
             Event::Registered { .. } | Event::ReplacedDeadOwner { .. }
         ) {
             if let Some(reg) = self.registry.by_conn(conn_id(token)).cloned() {
+                let peer = self.conns.get(&token).map(|c| c.peer);
+                self.node_event(&reg, None, peer);
                 self.emit("register", &reg);
                 self.fd_store_changed(Some(token));
             }
@@ -586,7 +600,7 @@ impl Server {
             Err(e) => {
                 debug!("{token:?}: write failed: {e}");
                 // A failed ALIVE2 reply unregisters the name again (close does that).
-                self.close(token);
+                self.close_for(token, UnregisterReason::WriteFailed);
                 None
             }
         }
@@ -723,6 +737,11 @@ impl Server {
     /// Closes a connection: its registration (if any) moves to the old list, its timer and
     /// poll registration go, and the socket is closed.
     fn close(&mut self, token: Token) {
+        self.close_for(token, UnregisterReason::Closed);
+    }
+
+    /// [`close`](Self::close), saying why a registration it ends ends.
+    fn close_for(&mut self, token: Token, reason: UnregisterReason) {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
@@ -733,6 +752,7 @@ impl Server {
         if let Some(reg) = self.registry.unregister_conn(conn_id(token)) {
             info!("unregistering '{}'", reg.info.name);
             self.stats.unregistered_closed += 1;
+            self.node_event(&reg, Some(reason), Some(conn.peer));
             self.emit("unregister", &reg);
         }
         if self.lifecycle.fdstore.is_some() {
@@ -766,6 +786,11 @@ impl Server {
                 self.lifecycle.handover_requested = Some(HandOverRequest {
                     requester: Some(token),
                 });
+            }
+            Some(AdminRequest::History(token, name)) => {
+                let events = self.operator.history(name.as_deref());
+                let text = serde_json::to_string(&events).unwrap_or_default();
+                self.operator.reply(self.poll.registry(), token, &text);
             }
             Some(AdminRequest::View(token, view)) => {
                 let text = self.render_view(view);
@@ -803,6 +828,18 @@ impl Server {
             self.operator
                 .reply(self.poll.registry(), token, &reply.to_string());
         }
+    }
+
+    /// A node event: logged (journal fields, JSON) and kept for `admin history`.
+    fn node_event(
+        &mut self,
+        reg: &Registration,
+        reason: Option<UnregisterReason>,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        let event = events::new_event(reg, reason, peer, unix_now());
+        crate::logging::event(&events::message(&event), &events::journal_fields(&event));
+        self.operator.record(event);
     }
 
     /// Sends a register / unregister event to every `watch` client.

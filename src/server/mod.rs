@@ -26,6 +26,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod event_loop;
+pub mod events;
 pub mod fd_name;
 pub mod histogram;
 pub mod http;

@@ -99,3 +99,6 @@ mod metrics;
 
 // `epmd-rs wait NAME [--gone]`: real nodes, timeouts, latency.
 mod wait;
+
+// Node events: JSON lines with --log-format json, admin history.
+mod events;
