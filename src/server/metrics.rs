@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 
 use crate::server::histogram::{Histogram, DURATION_BUCKETS};
-use crate::server::stats::Stats;
+use crate::server::stats::{Stats, REQUEST_KEYS};
 
 /// The content type of the Prometheus text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -147,7 +147,9 @@ pub fn render(inputs: &Inputs<'_>, format: Format) -> String {
         "counter",
         "Requests by request and outcome, as admin stats counts them; malformed ones and ones refused by an access policy are closed without a reply.",
     );
-    for (key, n) in &stats.requests {
+    // Every known request and outcome, 0 included, so that rates exist from the start.
+    for key in REQUEST_KEYS {
+        let n = stats.requests.get(key).unwrap_or(&0);
         let (request, outcome) = key.split_once('.').unwrap_or((key, "answered"));
         w.sample(
             "epmd_requests_total",
@@ -416,6 +418,8 @@ mod tests {
             );
         }
         assert!(!text.contains("# EOF"));
+        // Requests never made are there, at 0.
+        assert!(text.contains("epmd_requests_total{request=\"stop\",outcome=\"stopped\"} 0\n"));
     }
 
     #[test]
