@@ -252,6 +252,14 @@ fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
             for (what, n) in s.fd_store {
                 rows.push(row(&format!("fd store {what}"), n.to_string()));
             }
+            for (cap, n) in s.refused {
+                rows.push(row(&format!("refused {cap}"), n.to_string()));
+            }
+            for (reason, n) in s.unregistrations {
+                rows.push(row(&format!("unregistrations {reason}"), n.to_string()));
+            }
+            rows.push(row("http capped", s.http_capped.to_string()));
+            rows.push(row("http timeouts", s.http_timeouts.to_string()));
             render(&["STAT", "VALUE"], &rows)
         }
         View::Config => {

@@ -170,6 +170,19 @@ pub struct StatsView {
     /// `pending` (waiting for the service manager to read) and `failed`.
     #[serde(default)]
     pub fd_store: BTreeMap<String, u64>,
+    /// Connections refused at accept, by cap: `cap`, `local_reserve`, `per_source_cap`
+    /// (their sum is `capped_connections`).
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+    /// Names unregistered, by reason: `closed`, `stop`, `replaced`.
+    #[serde(default)]
+    pub unregistrations: BTreeMap<String, u64>,
+    /// `--metrics-listen` clients refused because 16 were open.
+    #[serde(default)]
+    pub http_capped: u64,
+    /// `--metrics-listen` clients closed at their deadline.
+    #[serde(default)]
+    pub http_timeouts: u64,
     /// Bytes read from epmd clients.
     pub bytes_in: u64,
     /// Bytes written to epmd clients.

@@ -139,6 +139,18 @@ fn stats_view(src: &Sources<'_>) -> StatsView {
                 ])
             })
             .unwrap_or_default(),
+        refused: BTreeMap::from([
+            ("cap".to_owned(), stats.capped_cap),
+            ("local_reserve".to_owned(), stats.capped_reserve),
+            ("per_source_cap".to_owned(), stats.capped_per_source),
+        ]),
+        unregistrations: stats
+            .unregistrations()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        http_capped: stats.http_capped,
+        http_timeouts: stats.http_timeouts,
         bytes_in,
         bytes_out,
     }

@@ -20,7 +20,7 @@ use crate::protocol::tag::FIRST_READ_BYTES;
 use crate::registry::{ConnId, Registration, Registry};
 use crate::server::admin::AdminListener;
 use crate::server::admin_views::{self, Sources};
-use crate::server::admission::Admission;
+use crate::server::admission::{Admission, Refusal};
 use crate::server::config::{Caps, ServerConfig, SHORT_REQUEST_RESERVE};
 use crate::server::connection::{CloseReason, Connection, Output, Phase, ReadOutcome};
 use crate::server::dispatch::{self, After, Event, Origin};
@@ -356,6 +356,11 @@ impl Server {
             // Dropping the stream closes it at once: the client sees EOF, as the C epmd's
             // "slots full" path does.
             self.stats.capped += 1;
+            match why {
+                Refusal::Cap => self.stats.capped_cap += 1,
+                Refusal::LocalReserve => self.stats.capped_reserve += 1,
+                Refusal::PerSource => self.stats.capped_per_source += 1,
+            }
             debug!("refusing {peer}: {why}");
             return;
         }

@@ -183,6 +183,15 @@ fn metrics_equal_admin_stats_and_health_answers() {
             "non_local_refusals",
         ),
     ];
+    for (map, family, label) in [
+        ("refused", "epmd_refused_connections_total", "reason"),
+        ("unregistrations", "epmd_unregistrations_total", "reason"),
+    ] {
+        for (key, n) in stats[map].as_object().expect(map) {
+            let sample = format!("{family}{{{label}=\"{key}\"}}");
+            assert_eq!(Some(metric(&m, &sample)), n.as_f64(), "{sample}");
+        }
+    }
     for (sample, field) in pairs {
         assert_eq!(
             Some(metric(&m, sample)),
@@ -269,6 +278,20 @@ fn readyz_is_503_at_the_connection_cap_and_200_after_relief() {
         went.starts_with("not ready: the connection cap is reached"),
         "{went}"
     );
+    // One more epmd connection is refused at the cap, and counted so on both sides.
+    let mut refused = Conn::connect(port);
+    assert!(
+        refused.is_closed_within(IO_TIMEOUT),
+        "a 9th connection stayed open"
+    );
+    let m = samples(&get(s.metrics, "/metrics", None).2);
+    let stats = admin_json(&s.admin, "stats");
+    assert_eq!(
+        metric(&m, "epmd_refused_connections_total{reason=\"cap\"}"),
+        1.0
+    );
+    assert_eq!(stats["refused"]["cap"], 1, "{stats}");
+    assert_eq!(stats["capped_connections"], 1, "{stats}");
     drop(held);
     let t1 = Instant::now();
     poll_until(Duration::from_secs(1), || {
