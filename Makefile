@@ -7,8 +7,9 @@ PORT ?= 4369
 # systemd-socket-activate and systemd-analyze (systemd), network namespaces (iproute2),
 # man for rendering the generated man page (man-db), building and checking the Debian
 # packages (dpkg-dev, lintian), and TLS distribution nodes with a self-signed certificate
-# for the cluster tests (erlang-ssl, openssl).
-DEB_PACKAGES := erlang-base systemd iproute2 man-db dpkg-dev lintian erlang-ssl openssl
+# for the cluster tests (erlang-ssl, openssl); a real Prometheus server and promtool for the
+# --metrics-listen tests (prometheus, 19 MB download, 96 MB installed).
+DEB_PACKAGES := erlang-base systemd iproute2 man-db dpkg-dev lintian erlang-ssl openssl prometheus
 # systemd-nspawn and python3 for the real-systemd tests (root only), without its recommends.
 DEB_PACKAGES_NO_RECOMMENDS := systemd-container python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -53,7 +54,7 @@ deps:
 	@if ! command -v erl >/dev/null || ! command -v systemd-socket-activate >/dev/null \
 		|| ! command -v ip >/dev/null || ! command -v man >/dev/null \
 		|| ! command -v dpkg-gencontrol >/dev/null || ! command -v lintian >/dev/null \
-		|| ! command -v openssl >/dev/null || ! ls -d /usr/lib/erlang/lib/ssl-* >/dev/null 2>&1; then \
+		|| ! command -v openssl >/dev/null || ! command -v promtool >/dev/null || ! ls -d /usr/lib/erlang/lib/ssl-* >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEB_PACKAGES); \
 	fi

@@ -151,7 +151,13 @@ pub fn run(
     for name in &restore.stale {
         server.fd_store_remove(name);
     }
-    let caps = caps_for(open_fds().saturating_sub(server.connection_count()));
+    // Fds for the HTTP clients `--metrics-listen` may have open are kept out of the caps.
+    let http_fds = if server.metrics_addrs().is_empty() {
+        0
+    } else {
+        crate::server::http::MAX_HTTP_CONNECTIONS
+    };
+    let caps = caps_for(open_fds().saturating_sub(server.connection_count()) + http_fds);
     info!(
         "at most {} connections, {} of them registrations",
         caps.max_connections,
@@ -254,6 +260,15 @@ fn start_fresh(
             None
         }
     };
+    let mut metrics = Vec::with_capacity(config.metrics_listen.len());
+    for addr in &config.metrics_listen {
+        let l = TcpListener::bind(addr).map_err(|source| Error::Io {
+            context: "cannot bind --metrics-listen",
+            source,
+        })?;
+        info!("serving /metrics on {addr}");
+        metrics.push(l);
+    }
     if config.daemon {
         if detach(config.pid_file.as_deref())? {
             return Ok(Started::Detached);
@@ -267,7 +282,7 @@ fn start_fresh(
         stale: found.rejected,
         ..Restore::default()
     };
-    let server = if config.fd_store && !found.states.is_empty() {
+    let mut server = if config.fd_store && !found.states.is_empty() {
         restore_or_start_fresh(
             found.states,
             listeners,
@@ -288,6 +303,10 @@ fn start_fresh(
             source,
         })?
     };
+    server.serve_metrics(metrics).map_err(|source| Error::Io {
+        context: "cannot serve --metrics-listen",
+        source,
+    })?;
     Ok(Started::Serving(Box::new(server), restore))
 }
 

@@ -31,3 +31,4 @@ pub mod server;
 pub mod systemd;
 #[cfg(test)]
 mod test_env;
+pub mod wait;

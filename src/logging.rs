@@ -40,11 +40,133 @@ pub fn level_for(debug: u8) -> LevelFilter {
 /// The open log file and its path, for [`reopen`].
 static LOG_FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
 
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text, as the target has always had it.
+    #[default]
+    Text,
+    /// One JSON object per line: `time` (RFC 3339), `level`, `message`, and an event's
+    /// fields.
+    Json,
+}
+
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Sets the format of every line from now on (before [`init`]; once).
+pub fn set_format(format: LogFormat) {
+    let _ = FORMAT.set(format);
+}
+
+fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or_default()
+}
+
+/// The journal's native socket.
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// One structured event (a node registering or unregistering): `fields` are journal
+/// field names (`EPMD_NODE`...) with their values.
+///
+/// Under systemd (stderr is the journal) it goes to the journal with its fields, so that
+/// `journalctl EPMD_NODE=rabbit` finds it; with `--log-format json` it is one JSON object
+/// (the fields lower-cased without `EPMD_`); both always, whatever the level. Otherwise
+/// it is an info line (shown with `-d`).
+pub fn event(message: &str, fields: &[(&'static str, String)]) {
+    if stderr_is_journal(std::env::var_os("JOURNAL_STREAM")) {
+        match send_journal(Path::new(JOURNAL_SOCKET), 6, message, fields) {
+            Ok(()) => return,
+            Err(_) => {
+                DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    if format() == LogFormat::Json {
+        let mut obj = serde_json::Map::new();
+        obj.insert("time".into(), now_rfc3339().into());
+        obj.insert("level".into(), "INFO".into());
+        obj.insert("message".into(), message.into());
+        for (k, v) in fields {
+            let key = k.strip_prefix("EPMD_").unwrap_or(k).to_ascii_lowercase();
+            obj.insert(key, v.clone().into());
+        }
+        let mut line = serde_json::Value::Object(obj).to_string();
+        line.push('\n');
+        write_line(line.as_bytes());
+        return;
+    }
+    log::info!("{message}");
+}
+
+/// A line to the log file if there is one, else to stderr.
+fn write_line(line: &[u8]) {
+    let mut guard = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner());
+    let written = match guard.as_mut() {
+        Some((_, f)) => f.write_all(line),
+        None => io::stderr().write_all(line),
+    };
+    if written.is_err() {
+        DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// Sends one entry to the journal's native socket at `path`: `MESSAGE`, `PRIORITY`,
+/// `SYSLOG_IDENTIFIER` and `fields`; a value holding a newline is sent in the protocol's
+/// length-prefixed form.
+pub fn send_journal(
+    path: &Path,
+    priority: u8,
+    message: &str,
+    fields: &[(&'static str, String)],
+) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(256);
+    let mut field = |k: &str, v: &str| {
+        if v.contains('\n') {
+            buf.extend_from_slice(k.as_bytes());
+            buf.push(b'\n');
+            buf.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            buf.extend_from_slice(v.as_bytes());
+            buf.push(b'\n');
+        } else {
+            buf.extend_from_slice(format!("{k}={v}\n").as_bytes());
+        }
+    };
+    field("MESSAGE", message);
+    field("PRIORITY", &priority.to_string());
+    field("SYSLOG_IDENTIFIER", "epmd-rs");
+    for (k, v) in fields {
+        field(k, v);
+    }
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    socket.send_to(&buf, path)?;
+    Ok(())
+}
+
 /// Installs the logger (once per process). Fails only when the log file cannot be opened.
 pub fn init(debug: u8, target: &LogTarget) -> io::Result<()> {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level_for(debug)).parse_env("RUST_LOG");
     match target {
+        _ if format() == LogFormat::Json && *target != LogTarget::Syslog => {
+            if let LogTarget::File(path) = target {
+                let file = open_append(path)?;
+                *LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some((path.clone(), file));
+                builder.target(env_logger::Target::Pipe(Box::new(FileSink)));
+            }
+            builder.format(|buf, record| {
+                let line = serde_json::json!({
+                    "time": now_rfc3339(),
+                    "level": record.level().as_str(),
+                    "message": record.args().to_string(),
+                });
+                writeln!(buf, "{line}")
+            });
+        }
         LogTarget::Stderr if stderr_is_journal(std::env::var_os("JOURNAL_STREAM")) => {
             // The journal reads the level from a `<N>` prefix (sd-daemon(3)) and names the
             // unit and pid itself.
@@ -227,6 +349,33 @@ impl Write for SyslogSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_entries_carry_their_fields_and_newlines_length_prefixed() {
+        let dir = std::env::temp_dir().join(format!("epmd-rs-journal-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("socket");
+        let _ = std::fs::remove_file(&path);
+        let journal = UnixDatagram::bind(&path).unwrap();
+        send_journal(
+            &path,
+            6,
+            "node rabbit registered",
+            &[
+                ("EPMD_NODE", "rabbit".to_owned()),
+                ("EPMD_PEER", "two\nlines".to_owned()),
+            ],
+        )
+        .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = journal.recv(&mut buf).unwrap();
+        let got = &buf[..n];
+        let mut want = b"MESSAGE=node rabbit registered\nPRIORITY=6\nSYSLOG_IDENTIFIER=epmd-rs\nEPMD_NODE=rabbit\nEPMD_PEER\n".to_vec();
+        want.extend_from_slice(&9u64.to_le_bytes());
+        want.extend_from_slice(b"two\nlines\n");
+        assert_eq!(got, &want[..]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     use std::sync::mpsc;
     use std::time::Duration;

@@ -35,6 +35,9 @@ fn main() -> ExitCode {
         },
         _ => logging::LogTarget::Stderr,
     };
+    if let Action::Daemon(d) = &config.action {
+        logging::set_format(d.log_format);
+    }
     match logging::init(config.debug, &target) {
         Ok(()) => {}
         Err(e) if target == logging::LogTarget::Syslog => {
@@ -64,7 +67,12 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().write_all(&out.stderr);
             ExitCode::from(out.code)
         }
-        Action::Admin { socket, view, json } => {
+        Action::Admin {
+            socket,
+            view,
+            name,
+            json,
+        } => {
             let Some(path) = socket else {
                 eprintln!(
                     "epmd-rs: {}",
@@ -73,7 +81,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             };
             let mut out = std::io::stdout().lock();
-            let result = if view == epmd_rs::admin::View::Upgrade {
+            let result = if view == epmd_rs::admin::View::History {
+                epmd_rs::admin::client::history(&path, name.as_deref(), json, &mut out)
+            } else if view == epmd_rs::admin::View::Upgrade {
                 epmd_rs::admin::client::upgrade(&path, json, &mut out)
             } else {
                 epmd_rs::admin::client::run(&path, view, json, &mut out)
@@ -131,6 +141,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Action::Wait { args, port } => wait(&args, port),
         Action::Doctor { args, port } => match epmd_rs::doctor::Options::from_args(&args, port) {
             Ok(opts) => {
                 let report = epmd_rs::doctor::probe::run(&opts);
@@ -204,4 +215,41 @@ fn query(what: &cli::QueryWhat, port: u16) -> Result<String, epmd_rs::query::Que
 fn usage() -> ExitCode {
     let _ = std::io::stderr().write_all(cli::EPMD_USAGE);
     ExitCode::from(1)
+}
+
+/// `epmd-rs wait`: 0 once reached, 1 at the timeout, 2 for bad arguments.
+fn wait(args: &cli::WaitArgs, port: u16) -> ExitCode {
+    use epmd_rs::wait::{self, WaitFor, Waited};
+    let what = match wait::parse_timeout(&args.timeout) {
+        Ok(timeout) => WaitFor {
+            host: args.host.clone(),
+            port,
+            name: args.name.clone(),
+            gone: args.gone,
+            timeout,
+        },
+        Err(e) => {
+            eprintln!("epmd-rs: wait: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match wait::wait(&what) {
+        Ok(Waited::Reached { .. }) => ExitCode::SUCCESS,
+        Ok(Waited::TimedOut) => {
+            let state = if what.gone {
+                "still registered"
+            } else {
+                "not registered"
+            };
+            eprintln!(
+                "epmd-rs: wait: {} {state} with the epmd at {}:{} after {:?}",
+                what.name, what.host, what.port, what.timeout
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("epmd-rs: wait: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

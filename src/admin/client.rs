@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::table::render;
-use super::{ConfigEntry, NodeView, OldView, StatsView, View, WatchEvent};
+use super::{ConfigEntry, NodeEvent, NodeView, OldView, StatsView, View, WatchEvent};
 
 /// Why an admin command failed.
 #[derive(Debug)]
@@ -82,8 +82,32 @@ pub fn upgrade(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), Admin
     run_line(path, View::Upgrade, json, out)
 }
 
+/// Shows the node events the daemon remembers, of `name` only when given.
+pub fn history(
+    path: &Path,
+    name: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminClientError> {
+    let line = match name {
+        Some(n) => format!("history {n}"),
+        None => "history".to_owned(),
+    };
+    send_line(path, &line, View::History, json, out)
+}
+
 fn run_line(
     path: &Path,
+    view: View,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminClientError> {
+    send_line(path, view.word(), view, json, out)
+}
+
+fn send_line(
+    path: &Path,
+    request: &str,
     view: View,
     json: bool,
     out: &mut dyn Write,
@@ -99,7 +123,7 @@ fn run_line(
             uid,
         });
     }
-    let line = format!("{view}\n");
+    let line = format!("{request}\n");
     stream
         .write_all(line.as_bytes())
         .map_err(AdminClientError::Io)?;
@@ -165,7 +189,7 @@ fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
                         },
                         n.peer,
                         n.local,
-                        n.registered_at.to_string(),
+                        super::table::rfc3339(n.registered_at),
                         format!("{}s", n.age_secs),
                     ]
                 })
@@ -228,6 +252,14 @@ fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
             for (what, n) in s.fd_store {
                 rows.push(row(&format!("fd store {what}"), n.to_string()));
             }
+            for (cap, n) in s.refused {
+                rows.push(row(&format!("refused {cap}"), n.to_string()));
+            }
+            for (reason, n) in s.unregistrations {
+                rows.push(row(&format!("unregistrations {reason}"), n.to_string()));
+            }
+            rows.push(row("http capped", s.http_capped.to_string()));
+            rows.push(row("http timeouts", s.http_timeouts.to_string()));
             render(&["STAT", "VALUE"], &rows)
         }
         View::Config => {
@@ -237,6 +269,34 @@ fn render_view(view: View, reply: &[u8]) -> Result<String, AdminClientError> {
                 .map(|e| vec![e.key, e.value, e.source.to_string()])
                 .collect();
             render(&["SETTING", "VALUE", "SOURCE"], &rows)
+        }
+        View::History => {
+            let events: Vec<NodeEvent> = serde_json::from_slice(reply).map_err(bad)?;
+            let rows: Vec<Vec<String>> = events
+                .into_iter()
+                .map(|e| {
+                    vec![
+                        super::table::rfc3339(e.at),
+                        e.event,
+                        e.node,
+                        e.port.to_string(),
+                        e.creation.to_string(),
+                        if e.peer.is_empty() {
+                            "-".into()
+                        } else {
+                            e.peer
+                        },
+                        e.reason.unwrap_or_else(|| "-".into()),
+                        e.registered_secs.map_or("-".into(), |s| format!("{s}s")),
+                    ]
+                })
+                .collect();
+            render(
+                &[
+                    "TIME", "EVENT", "NODE", "PORT", "CREATION", "PEER", "REASON", "HELD",
+                ],
+                &rows,
+            )
         }
         View::Watch | View::Upgrade => String::new(),
     })
@@ -255,7 +315,11 @@ fn watch(stream: UnixStream, json: bool, out: &mut dyn Write) -> Result<(), Admi
         } else {
             format!(
                 "{} {:<10} {} port {} creation {}\n",
-                event.at, event.event, event.name, event.port, event.creation
+                super::table::rfc3339(event.at),
+                event.event,
+                event.name,
+                event.port,
+                event.creation
             )
         };
         if out

@@ -31,6 +31,9 @@ pub enum View {
     Watch,
     /// The effective configuration and where each value came from.
     Config,
+    /// The last node events the daemon remembers (1000), oldest first; `history NAME`
+    /// shows one node's.
+    History,
     /// Hand the daemon over to a new process running its own binary (by the path it was
     /// started from) without closing any connection. Served only to root and the daemon's
     /// own user.
@@ -47,6 +50,7 @@ impl View {
             View::Watch => "watch",
             View::Config => "config",
             View::Upgrade => "upgrade",
+            View::History => "history",
         }
     }
 
@@ -59,6 +63,7 @@ impl View {
             View::Watch,
             View::Config,
             View::Upgrade,
+            View::History,
         ]
         .into_iter()
         .find(|v| v.word() == word)
@@ -96,6 +101,9 @@ pub struct NodeView {
     pub local: String,
     /// Unix time of the registration.
     pub registered_at: u64,
+    /// The same as an RFC 3339 UTC time (empty from a daemon that did not send it).
+    #[serde(default)]
+    pub registered: String,
     /// Seconds since the registration.
     pub age_secs: u64,
 }
@@ -162,6 +170,19 @@ pub struct StatsView {
     /// `pending` (waiting for the service manager to read) and `failed`.
     #[serde(default)]
     pub fd_store: BTreeMap<String, u64>,
+    /// Connections refused at accept, by cap: `cap`, `local_reserve`, `per_source_cap`
+    /// (their sum is `capped_connections`).
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+    /// Names unregistered, by reason: `closed`, `stop`, `replaced`.
+    #[serde(default)]
+    pub unregistrations: BTreeMap<String, u64>,
+    /// `--metrics-listen` clients refused because 16 were open.
+    #[serde(default)]
+    pub http_capped: u64,
+    /// `--metrics-listen` clients closed at their deadline.
+    #[serde(default)]
+    pub http_timeouts: u64,
     /// Bytes read from epmd clients.
     pub bytes_in: u64,
     /// Bytes written to epmd clients.
@@ -218,4 +239,38 @@ pub struct WatchEvent {
     pub creation: u32,
     /// Unix time of the event.
     pub at: u64,
+    /// The same as an RFC 3339 UTC time (empty from a daemon that did not send it).
+    #[serde(default)]
+    pub time: String,
+}
+
+/// One node event (`admin history`, and the log's record of which node came and went).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// `register` or `unregister`.
+    pub event: String,
+    /// The node name.
+    pub node: String,
+    /// Its distribution port.
+    pub port: u16,
+    /// `normal` or `hidden`.
+    pub node_type: String,
+    /// HighestVersion.
+    pub highest_version: u16,
+    /// LowestVersion.
+    pub lowest_version: u16,
+    /// The creation given to the node.
+    pub creation: u32,
+    /// The registration connection's peer, if known.
+    pub peer: String,
+    /// Why it was unregistered (unregistrations only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Seconds it was registered (unregistrations only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub registered_secs: Option<u64>,
+    /// Unix time of the event.
+    pub at: u64,
+    /// The same as an RFC 3339 UTC time.
+    pub time: String,
 }

@@ -1,5 +1,14 @@
 //! Aligned text tables for people (the `--json` form is for machines).
 
+/// A Unix time as an RFC 3339 UTC date and time (`2026-11-28T03:34:00Z`); the number
+/// itself when it is out of range.
+pub fn rfc3339(unix_secs: u64) -> String {
+    i64::try_from(unix_secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| unix_secs.to_string(), |t| t.to_string())
+}
+
 /// Renders rows under headers, each column padded to its widest cell, two spaces apart.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -31,6 +40,13 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_835_849), "2026-11-28T03:17:29Z");
+        assert_eq!(rfc3339(u64::MAX), u64::MAX.to_string());
+    }
 
     #[test]
     fn columns_align() {

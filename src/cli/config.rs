@@ -36,6 +36,8 @@ pub enum Action {
         socket: Option<PathBuf>,
         /// The view.
         view: View,
+        /// With `history`: only this node's events.
+        name: Option<String>,
         /// JSON instead of a table.
         json: bool,
     },
@@ -45,6 +47,13 @@ pub enum Action {
     Query {
         /// What to ask (its port resolved).
         what: QueryWhat,
+        /// The epmd port.
+        port: u16,
+    },
+    /// Wait for a name to be registered or gone (`wait`).
+    Wait {
+        /// The arguments as given.
+        args: super::WaitArgs,
         /// The epmd port.
         port: u16,
     },
@@ -116,6 +125,10 @@ pub struct DaemonConfig {
     pub ipv6_source_prefix: Option<u8>,
     /// Keep registrations in systemd's fd store.
     pub fd_store: bool,
+    /// `--log-format`.
+    pub log_format: crate::logging::LogFormat,
+    /// `--metrics-listen`: where to serve `/metrics`, `/livez` and `/readyz` (none: off).
+    pub metrics_listen: Vec<std::net::SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -180,6 +193,7 @@ impl Config {
         match &cli.command {
             Some(Command::Admin {
                 view,
+                name,
                 socket,
                 port,
                 json,
@@ -194,6 +208,7 @@ impl Config {
                     action: Action::Admin {
                         socket,
                         view: *view,
+                        name: name.clone(),
                         json: *json,
                     },
                     debug: cli.debug,
@@ -213,6 +228,15 @@ impl Config {
                     action: Action::Query {
                         what: what.clone(),
                         port: port.unwrap_or_else(env_port),
+                    },
+                    debug: cli.debug,
+                });
+            }
+            Some(Command::Wait(args)) => {
+                return Ok(Config {
+                    action: Action::Wait {
+                        args: args.clone(),
+                        port: args.port.unwrap_or_else(env_port),
                     },
                     debug: cli.debug,
                 });
@@ -296,6 +320,37 @@ impl Config {
                 value: text.clone(),
             }),
         };
+        let (metrics_text, metrics_src) = if cli.metrics_listen.is_empty() {
+            match env_str("EPMD_RS_METRICS_LISTEN") {
+                Some(v) => (v, Source::Environment),
+                None => (String::new(), Source::Default),
+            }
+        } else {
+            (cli.metrics_listen.join(","), Source::Flag)
+        };
+        let metrics_listen = metrics_text
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse::<std::net::SocketAddr>()
+                    .map_err(|_| ConfigError::Invalid {
+                        key: "metrics-listen",
+                        value: a.to_owned(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let log_format_setting = setting(&cli.log_format, "EPMD_RS_LOG_FORMAT");
+        let log_format = match log_format_setting.as_ref().map(|(v, _)| v.as_str()) {
+            None | Some("text") => crate::logging::LogFormat::Text,
+            Some("json") => crate::logging::LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log-format",
+                    value: other.to_owned(),
+                })
+            }
+        };
         let names_allow = setting(&cli.names_allow, "EPMD_RS_NAMES_ALLOW");
         let port_please_allow = setting(&cli.port_please_allow, "EPMD_RS_PORT_PLEASE_ALLOW");
         let count = |key: &'static str, flag: Option<usize>, var: &str| match (flag, env_str(var)) {
@@ -356,6 +411,8 @@ impl Config {
             max_connections_per_source: max_per_source.map(|(n, _)| n),
             ipv6_source_prefix: ipv6_prefix.map(|(n, _)| n),
             fd_store: cli.fd_store || env("FDSTORE").is_some(),
+            metrics_listen,
+            log_format,
         };
         let shown = |v: &Option<(String, Source)>| match v {
             Some((text, src)) => (text.clone(), *src),
@@ -452,6 +509,19 @@ impl Config {
                 "fd-store",
                 daemon.fd_store.to_string(),
                 flag_or_env(cli.fd_store, "FDSTORE"),
+            ),
+            match &log_format_setting {
+                Some((v, src)) => entry("log-format", v.clone(), *src),
+                None => entry("log-format", "text".to_owned(), Source::Default),
+            },
+            entry(
+                "metrics-listen",
+                if metrics_text.is_empty() {
+                    "none".to_owned()
+                } else {
+                    metrics_text.clone()
+                },
+                metrics_src,
             ),
             entry("names-allow", names_text, names_src),
             entry("port-please-allow", lookup_text, lookup_src),

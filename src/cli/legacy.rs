@@ -22,7 +22,7 @@ impl fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 /// Subcommands of epmd-rs; from one of these on, arguments are passed to clap unchanged.
-pub const SUBCOMMANDS: &[&str] = &["help", "admin", "query", "generate", "doctor"];
+pub const SUBCOMMANDS: &[&str] = &["help", "admin", "query", "generate", "doctor", "wait"];
 
 /// Flags without a value: epmd spelling → clap spelling.
 const SWITCHES: &[(&str, &str)] = &[

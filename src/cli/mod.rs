@@ -140,6 +140,17 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
+    /// `text` (default) or `json`: one JSON object per log line, node events with their
+    /// fields [env: EPMD_RS_LOG_FORMAT].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Serve Prometheus metrics (`/metrics`) and health (`/livez`, `/readyz`) over HTTP on
+    /// this address, e.g. `127.0.0.1:9369` (repeatable; off by default) [env:
+    /// EPMD_RS_METRICS_LISTEN, comma-separated].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Vec<String>,
+
     /// A subcommand (without one, epmd-rs is the daemon or an epmd client).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -153,6 +164,8 @@ pub enum Command {
         /// What to show.
         #[arg(value_enum)]
         view: View,
+        /// With `history`: only this node's events.
+        name: Option<String>,
         /// The admin socket [default: derived from the port, as the daemon does].
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
@@ -179,6 +192,28 @@ pub enum Command {
     /// Say why NODE@HOST cannot be reached: resolve, epmd, PORT_PLEASE2, the distribution
     /// port and handshake (and the cookie, if given), one verdict line each.
     Doctor(DoctorArgs),
+    /// Wait until NAME is registered with an epmd (exit 0), or give up at --timeout
+    /// (exit 1); with --gone, until it is not.
+    Wait(WaitArgs),
+}
+
+/// The arguments of `wait`.
+#[derive(clap::Args, Debug, PartialEq, Eq, Clone)]
+pub struct WaitArgs {
+    /// The node name (the part before `@`).
+    pub name: String,
+    /// Host to ask.
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    /// epmd port [default: $ERL_EPMD_PORT or 4369].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Seconds to wait at most.
+    #[arg(long, value_name = "SECONDS", default_value = "30")]
+    pub timeout: String,
+    /// Wait for the name to disappear instead.
+    #[arg(long)]
+    pub gone: bool,
 }
 
 /// The arguments of `doctor`.

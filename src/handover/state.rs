@@ -59,6 +59,10 @@ pub struct State {
     pub stats: StatsState,
     /// Seconds the daemon has been up (uptime continues across hand-overs).
     pub uptime_secs: u64,
+    /// `--metrics-listen` sockets, by fd name; their fds come last, after the
+    /// connections' (a state without them is one written before they existed).
+    #[serde(default)]
+    pub metrics_listeners: Vec<String>,
 }
 
 /// The admin listener.
@@ -254,6 +258,7 @@ impl State {
         names.extend(self.admin.iter().map(|a| a.fd.clone()));
         names.extend(self.fd_store.iter().cloned());
         names.extend(self.connections.iter().map(|c| c.fd.clone()));
+        names.extend(self.metrics_listeners.iter().cloned());
         names
     }
 }
@@ -299,6 +304,7 @@ mod tests {
             old: vec![],
             stats: StatsState::default(),
             uptime_secs: 3,
+            metrics_listeners: vec!["metrics-0".into()],
         }
     }
 
@@ -306,7 +312,8 @@ mod tests {
     fn round_trip_and_fd_order() {
         let s = sample();
         assert_eq!(State::decode(&s.encode()).unwrap(), s);
-        assert_eq!(s.fd_names(), ["listen-0", "conn-70"]);
+        // Metrics listeners come last, so that an older reader's fd order still holds.
+        assert_eq!(s.fd_names(), ["listen-0", "conn-70", "metrics-0"]);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub fn render(view: View, src: &Sources<'_>) -> String {
         }
         View::Stats => serde_json::to_string(&stats_view(src)),
         View::Config => serde_json::to_string(&src.config),
-        View::Watch | View::Upgrade => Ok(String::new()),
+        View::Watch | View::Upgrade | View::History => Ok(String::new()),
     };
     json.unwrap_or_default()
 }
@@ -80,6 +80,7 @@ fn node_views(src: &Sources<'_>) -> Vec<NodeView> {
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
                 registered_at: r.registered_at,
+                registered: crate::admin::table::rfc3339(r.registered_at),
                 age_secs: src.now.saturating_sub(r.registered_at),
             }
         })
@@ -138,6 +139,18 @@ fn stats_view(src: &Sources<'_>) -> StatsView {
                 ])
             })
             .unwrap_or_default(),
+        refused: BTreeMap::from([
+            ("cap".to_owned(), stats.capped_cap),
+            ("local_reserve".to_owned(), stats.capped_reserve),
+            ("per_source_cap".to_owned(), stats.capped_per_source),
+        ]),
+        unregistrations: stats
+            .unregistrations()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        http_capped: stats.http_capped,
+        http_timeouts: stats.http_timeouts,
         bytes_in,
         bytes_out,
     }
@@ -151,6 +164,7 @@ pub fn watch_event(kind: &str, reg: &Registration, at: u64) -> WatchEvent {
         port: reg.info.port,
         creation: creation_as_sent(reg),
         at,
+        time: crate::admin::table::rfc3339(at),
     }
 }
 

@@ -105,6 +105,8 @@ struct Buffers {
     rx: Vec<u8>,
     /// Reply bytes not yet written.
     tx: Output,
+    /// When the request being answered was accepted, and its kind (for `/metrics`).
+    request: Option<(Instant, &'static str)>,
     tx_pos: usize,
 }
 
@@ -178,6 +180,16 @@ impl Connection {
 
     fn buffers(&mut self) -> &mut Buffers {
         self.io.get_or_insert_with(Box::default)
+    }
+
+    /// Notes the request being answered: its kind, and when its connection was accepted.
+    pub fn mark_request(&mut self, kind: &'static str, accepted: Instant) {
+        self.buffers().request = Some((accepted, kind));
+    }
+
+    /// The mark of [`mark_request`](Self::mark_request), taken once its reply is written.
+    pub fn take_request_mark(&mut self) -> Option<(Instant, &'static str)> {
+        self.io.as_mut().and_then(|b| b.request.take())
     }
 
     /// The request deadline; `None` for a registration connection.

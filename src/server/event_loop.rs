@@ -20,14 +20,18 @@ use crate::protocol::tag::FIRST_READ_BYTES;
 use crate::registry::{ConnId, Registration, Registry};
 use crate::server::admin::AdminListener;
 use crate::server::admin_views::{self, Sources};
-use crate::server::admission::Admission;
+use crate::server::admission::{Admission, Refusal};
 use crate::server::config::{Caps, ServerConfig, SHORT_REQUEST_RESERVE};
 use crate::server::connection::{CloseReason, Connection, Output, Phase, ReadOutcome};
 use crate::server::dispatch::{self, After, Event, Origin};
+use crate::server::events::{self, UnregisterReason};
+use crate::server::http::{Route, Status};
+use crate::server::http_plane::HttpPlane;
 use crate::server::lifecycle::fdstore::{FdStore, FdStoreCounts};
 use crate::server::lifecycle::snapshot::{self, Parts};
 use crate::server::lifecycle::{restore, HandOverRequest, Lifecycle, Shutdown};
 use crate::server::listener::listen_report;
+use crate::server::metrics::{self, Format, ProcessFigures};
 use crate::server::operator::{AdminRequest, OperatorPlane};
 use crate::server::peer;
 use crate::server::stats::Stats;
@@ -60,8 +64,12 @@ pub struct Server {
     names_cache: Option<(u64, u32, std::rc::Rc<Vec<u8>>)>,
     admission: Admission,
     operator: OperatorPlane,
+    /// The operator plane's HTTP side (`--metrics-listen`).
+    http: HttpPlane,
     supervisor: Supervisor,
     lifecycle: Lifecycle,
+    /// When this process started serving, in seconds since the Unix epoch.
+    process_started: f64,
 }
 
 impl Server {
@@ -108,6 +116,10 @@ impl Server {
                 config.port_please_policy.clone(),
             ),
             operator: OperatorPlane::new(admin),
+            http: HttpPlane::default(),
+            process_started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             supervisor: Supervisor::default(),
             lifecycle: Lifecycle::default(),
             poll,
@@ -140,6 +152,17 @@ impl Server {
     /// The registry (read-only).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Serves `/metrics`, `/livez` and `/readyz` on these bound listening sockets.
+    pub fn serve_metrics(&mut self, listeners: Vec<std::net::TcpListener>) -> io::Result<()> {
+        self.http = HttpPlane::new(listeners, self.poll.registry())?;
+        Ok(())
+    }
+
+    /// The addresses `/metrics` is served on.
+    pub fn metrics_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.http.local_addrs()
     }
 
     /// Sets the connection caps, and the registration cap a few connections below them.
@@ -218,6 +241,11 @@ impl Server {
                     self.stats.admin_capped += capped;
                 } else if self.operator.has(token) {
                     self.admin_ready(token);
+                } else if let Some(i) = token::metrics_listener_index(token) {
+                    let accepted = self.http.accept(i, self.poll.registry(), &mut self.tokens);
+                    self.stats.http_capped += accepted.capped;
+                } else if self.http.has(token) {
+                    self.http_ready(token);
                 } else if let Some(shutdown) = self.connection_ready(token) {
                     return Ok(shutdown);
                 }
@@ -241,6 +269,7 @@ impl Server {
                 .as_ref()
                 .and_then(FdStore::next_wakeup),
             self.operator.next_deadline(),
+            self.http.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -327,6 +356,11 @@ impl Server {
             // Dropping the stream closes it at once: the client sees EOF, as the C epmd's
             // "slots full" path does.
             self.stats.capped += 1;
+            match why {
+                Refusal::Cap => self.stats.capped_cap += 1,
+                Refusal::LocalReserve => self.stats.capped_reserve += 1,
+                Refusal::PerSource => self.stats.capped_per_source += 1,
+            }
             debug!("refusing {peer}: {why}");
             return;
         }
@@ -400,7 +434,7 @@ impl Server {
                 if conn.has_pending_output() {
                     if let Err(e) = conn.flush() {
                         debug!("write to registration connection failed: {e}");
-                        self.close(token);
+                        self.close_for(token, UnregisterReason::WriteFailed);
                         return None;
                     }
                     self.update_interest(token);
@@ -429,6 +463,11 @@ impl Server {
     }
 
     fn dispatch(&mut self, token: Token, request: crate::protocol::Request) -> Option<Shutdown> {
+        let timeout = self.config.packet_timeout;
+        let conn = self.conns.get_mut(&token)?;
+        if let Some(accepted) = conn.deadline().and_then(|d| d.checked_sub(timeout)) {
+            conn.mark_request(request_kind(&request), accepted);
+        }
         let conn = self.conns.get(&token)?;
         let refused = match request {
             crate::protocol::Request::Names => !conn.may_list,
@@ -470,6 +509,21 @@ impl Server {
         log_event(token, &action.event);
         self.stats.count_event(&action.event);
         if let Some(removed) = &action.removed {
+            let reason = match action.event {
+                Event::ReplacedDeadOwner { .. } => {
+                    self.stats.unregistered_replaced += 1;
+                    UnregisterReason::Replaced
+                }
+                _ => {
+                    self.stats.unregistered_stopped += 1;
+                    UnregisterReason::Stop
+                }
+            };
+            let peer = self
+                .conns
+                .get(&Token(removed.conn.0 as usize))
+                .map(|c| c.peer);
+            self.node_event(removed, Some(reason), peer);
             self.emit("unregister", removed);
         }
         if matches!(
@@ -477,6 +531,8 @@ impl Server {
             Event::Registered { .. } | Event::ReplacedDeadOwner { .. }
         ) {
             if let Some(reg) = self.registry.by_conn(conn_id(token)).cloned() {
+                let peer = self.conns.get(&token).map(|c| c.peer);
+                self.node_event(&reg, None, peer);
                 self.emit("register", &reg);
                 self.fd_store_changed(Some(token));
             }
@@ -549,13 +605,20 @@ impl Server {
             Err(e) => {
                 debug!("{token:?}: write failed: {e}");
                 // A failed ALIVE2 reply unregisters the name again (close does that).
-                self.close(token);
+                self.close_for(token, UnregisterReason::WriteFailed);
                 None
             }
         }
     }
 
     fn finish_reply(&mut self, token: Token, after: After) -> Option<Shutdown> {
+        if let Some((accepted, kind)) = self
+            .conns
+            .get_mut(&token)
+            .and_then(|c| c.take_request_mark())
+        {
+            self.stats.observe_duration(kind, accepted.elapsed());
+        }
         match after {
             After::Close => {
                 self.close(token);
@@ -637,6 +700,8 @@ impl Server {
         self.flush_fd_store();
         let expired = self.operator.expire(self.poll.registry(), now);
         self.stats.admin_timeouts += expired;
+        let expired = self.http.expire(self.poll.registry(), now);
+        self.stats.http_timeouts += expired;
         self.supervisor.schedule_status(now, self.registry.len());
         while let Some(&(when, token)) = self.timers.first() {
             if when > now {
@@ -677,6 +742,11 @@ impl Server {
     /// Closes a connection: its registration (if any) moves to the old list, its timer and
     /// poll registration go, and the socket is closed.
     fn close(&mut self, token: Token) {
+        self.close_for(token, UnregisterReason::Closed);
+    }
+
+    /// [`close`](Self::close), saying why a registration it ends ends.
+    fn close_for(&mut self, token: Token, reason: UnregisterReason) {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
@@ -686,6 +756,8 @@ impl Server {
         let registered = conn.phase == Phase::Registered;
         if let Some(reg) = self.registry.unregister_conn(conn_id(token)) {
             info!("unregistering '{}'", reg.info.name);
+            self.stats.unregistered_closed += 1;
+            self.node_event(&reg, Some(reason), Some(conn.peer));
             self.emit("unregister", &reg);
         }
         if self.lifecycle.fdstore.is_some() {
@@ -719,6 +791,11 @@ impl Server {
                 self.lifecycle.handover_requested = Some(HandOverRequest {
                     requester: Some(token),
                 });
+            }
+            Some(AdminRequest::History(token, name)) => {
+                let events = self.operator.history(name.as_deref());
+                let text = serde_json::to_string(&events).unwrap_or_default();
+                self.operator.reply(self.poll.registry(), token, &text);
             }
             Some(AdminRequest::View(token, view)) => {
                 let text = self.render_view(view);
@@ -758,6 +835,18 @@ impl Server {
         }
     }
 
+    /// A node event: logged (journal fields, JSON) and kept for `admin history`.
+    fn node_event(
+        &mut self,
+        reg: &Registration,
+        reason: Option<UnregisterReason>,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        let event = events::new_event(reg, reason, peer, unix_now());
+        crate::logging::event(&events::message(&event), &events::journal_fields(&event));
+        self.operator.record(event);
+    }
+
     /// Sends a register / unregister event to every `watch` client.
     fn emit(&mut self, kind: &str, reg: &Registration) {
         if self.operator.has_watchers() {
@@ -793,6 +882,7 @@ impl Server {
             registry: &self.registry,
             stats: &self.stats,
             uptime_secs: self.started.elapsed().as_secs(),
+            metrics_listeners: self.http.listener_fds(),
         })
     }
 
@@ -839,6 +929,9 @@ impl Server {
             server.rearm(token);
             ids.insert(c.fd.clone(), conn_id(token));
         }
+        server
+            .serve_metrics(sockets.metrics)
+            .map_err(|_| StateError::BadField("metrics listening socket"))?;
         server.registry = restore::registry(&state, limits, &ids)?;
         server.stats = restore::stats(&state, handover);
         server.lifecycle.inherited_memfd = sockets.memfd;
@@ -954,6 +1047,97 @@ impl Server {
         };
         let conns = &self.conns;
         store.flush(notifier, state, &|t| registered_fd(conns, t));
+    }
+}
+
+/// The operator plane's HTTP side: `/metrics` and `/readyz`, answered from the loop.
+impl Server {
+    fn http_ready(&mut self, token: Token) {
+        let (status, content_type, body) = match self.http.ready(self.poll.registry(), token) {
+            None => return,
+            Some(Route::Metrics(format)) => (
+                Status::Ok,
+                format.content_type(),
+                self.render_metrics(format).into_bytes(),
+            ),
+            Some(Route::Livez) => (Status::Ok, "text/plain; charset=utf-8", b"ok\n".to_vec()),
+            Some(Route::Readyz) => match self.readiness() {
+                Ok(()) => (Status::Ok, "text/plain; charset=utf-8", b"ready\n".to_vec()),
+                Err(why) => (
+                    Status::Unavailable,
+                    "text/plain; charset=utf-8",
+                    format!("not ready: {why}\n").into_bytes(),
+                ),
+            },
+        };
+        self.http
+            .reply(self.poll.registry(), token, status, content_type, &body);
+    }
+
+    /// Whether the daemon is ready: listening, accepting, and below its connection cap.
+    pub fn readiness(&self) -> Result<(), String> {
+        let max = self.admission.caps().max_connections;
+        if self.listeners.is_empty() {
+            Err("not listening".to_owned())
+        } else if self.accept_paused_until.is_some() {
+            Err("accepting is paused after an accept error (out of file descriptors?)".to_owned())
+        } else if self.conns.len() >= max {
+            Err(format!(
+                "the connection cap is reached ({} of {max} connections open)",
+                self.conns.len()
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The `/metrics` exposition of the counters `admin stats` shows, in `format`.
+    pub fn render_metrics(&self, format: Format) -> String {
+        let mut phases = [
+            ("accept_delay", 0u64),
+            ("reading", 0),
+            ("write_delay", 0),
+            ("writing", 0),
+            ("registration", 0),
+            ("admin", self.operator.len() as u64),
+            ("http", self.http.len() as u64),
+        ];
+        for c in self.conns.values() {
+            let i = match c.phase {
+                Phase::AcceptDelay => 0,
+                Phase::Reading => 1,
+                Phase::WriteDelay(_) => 2,
+                Phase::Writing(_) => 3,
+                Phase::Registered => 4,
+            };
+            phases[i].1 += 1;
+        }
+        let durations: Vec<(&'static str, &crate::server::histogram::Histogram)> =
+            self.stats.durations.iter().map(|(k, h)| (*k, h)).collect();
+        metrics::render(
+            &metrics::Inputs {
+                stats: &self.stats,
+                registered: self.registry.len() as u64,
+                connections: &phases,
+                unregistrations: &self.stats.unregistrations(),
+                durations: &durations,
+                process: ProcessFigures::current(self.process_started),
+            },
+            format,
+        )
+    }
+}
+
+/// The request's name in `/metrics` labels.
+fn request_kind(request: &crate::protocol::Request) -> &'static str {
+    use crate::protocol::Request;
+    match request {
+        Request::Alive2(_) => "alive2",
+        Request::PortPlease2(_) => "port_please2",
+        Request::Names => "names",
+        Request::Dump => "dump",
+        Request::Kill => "kill",
+        Request::Stop(_) => "stop",
     }
 }
 

@@ -3,6 +3,7 @@
 //! renders the views it is asked for ([`crate::server::admin_views`]) and acts on
 //! upgrades.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -11,15 +12,20 @@ use std::time::Instant;
 use log::{debug, warn};
 use mio::{Interest, Token};
 
+use crate::admin::NodeEvent;
 use crate::admin::{View, WatchEvent};
 use crate::server::admin::{
     may_upgrade, AdminConn, AdminListener, AdminRead, MAX_ADMIN_CONNECTIONS,
 };
+use crate::server::events::HISTORY_LEN;
 use crate::server::token::{ConnTokens, TokenMap};
 
 /// What an admin client asked that the loop must act on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminRequest {
+    /// `history [NAME]`: the remembered node events ([`OperatorPlane::history`]), to send
+    /// with [`OperatorPlane::reply`].
+    History(Token, Option<String>),
     /// A view to render and send with [`OperatorPlane::reply`].
     View(Token, View),
     /// `upgrade`, from a client allowed to ask: hand the daemon over and tell it the
@@ -32,6 +38,8 @@ pub enum AdminRequest {
 pub struct OperatorPlane {
     listener: Option<AdminListener>,
     conns: TokenMap<AdminConn>,
+    /// The last [`HISTORY_LEN`] node events, oldest first.
+    history: VecDeque<NodeEvent>,
 }
 
 impl OperatorPlane {
@@ -40,6 +48,7 @@ impl OperatorPlane {
         OperatorPlane {
             listener,
             conns: TokenMap::default(),
+            history: VecDeque::with_capacity(64),
         }
     }
 
@@ -115,6 +124,9 @@ impl OperatorPlane {
                     Some((w, a)) => (w.to_owned(), Some(a.trim().to_owned())),
                     None => (line.clone(), None),
                 };
+                if View::parse(&word) == Some(View::History) {
+                    return Some(AdminRequest::History(token, arg.filter(|a| !a.is_empty())));
+                }
                 let reply = if View::parse(&word) == Some(View::Upgrade) {
                     let uid = conn.peer_uid;
                     match upgrade_refusal(uid, arg.as_deref()) {
@@ -199,6 +211,22 @@ impl OperatorPlane {
         if let Some(mut conn) = self.conns.remove(&token) {
             let _ = poll.deregister(&mut conn.stream);
         }
+    }
+
+    /// Keeps `event` for `admin history` (the oldest goes beyond [`HISTORY_LEN`]).
+    pub fn record(&mut self, event: NodeEvent) {
+        if self.history.len() >= HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(event);
+    }
+
+    /// The remembered events, oldest first, of `name` only when given.
+    pub fn history(&self, name: Option<&str>) -> Vec<&NodeEvent> {
+        self.history
+            .iter()
+            .filter(|e| name.is_none_or(|n| e.node == n))
+            .collect()
     }
 
     /// Whether some client is watching events.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::connection::CloseReason;
 use super::dispatch::Event;
+use super::histogram::Histogram;
 
 /// Counters since start.
 #[derive(Debug, Default, Clone)]
@@ -28,8 +29,28 @@ pub struct Stats {
     pub peak_registrations: u64,
     /// Most simultaneous connections.
     pub peak_connections: u64,
-    /// Connections closed at once because a connection cap was reached.
+    /// Connections closed at once because a connection cap was reached (the sum of the
+    /// three below).
     pub capped: u64,
+    /// ... because `max_connections` were open.
+    pub capped_cap: u64,
+    /// ... because only the room reserved for local peers was left (non-local peers).
+    pub capped_reserve: u64,
+    /// ... because the peer's source had `max_per_source` open (non-local peers).
+    pub capped_per_source: u64,
+    /// Names unregistered because their connection closed (EOF, reset, bytes sent on it,
+    /// a reply that could not be written).
+    pub unregistered_closed: u64,
+    /// Names unregistered by a STOP request.
+    pub unregistered_stopped: u64,
+    /// Names taken over from an owner whose connection was gone.
+    pub unregistered_replaced: u64,
+    /// `--metrics-listen` connections refused because `MAX_HTTP_CONNECTIONS` were open.
+    pub http_capped: u64,
+    /// `--metrics-listen` connections closed at their deadline.
+    pub http_timeouts: u64,
+    /// Request durations from accept to reply written, by request (not handed over).
+    pub durations: BTreeMap<&'static str, Histogram>,
     /// Requests refused by an access policy.
     pub policy_refusals: u64,
     /// Hand-overs this daemon's state has gone through.
@@ -78,6 +99,14 @@ impl Stats {
             ("policy_refusals", self.policy_refusals),
             ("admin_capped", self.admin_capped),
             ("admin_timeouts", self.admin_timeouts),
+            ("capped_cap", self.capped_cap),
+            ("capped_reserve", self.capped_reserve),
+            ("capped_per_source", self.capped_per_source),
+            ("unregistered_closed", self.unregistered_closed),
+            ("unregistered_stopped", self.unregistered_stopped),
+            ("unregistered_replaced", self.unregistered_replaced),
+            ("http_capped", self.http_capped),
+            ("http_timeouts", self.http_timeouts),
         ]
     }
 
@@ -103,6 +132,14 @@ impl Stats {
                 "policy_refusals" => &mut s.policy_refusals,
                 "admin_capped" => &mut s.admin_capped,
                 "admin_timeouts" => &mut s.admin_timeouts,
+                "capped_cap" => &mut s.capped_cap,
+                "capped_reserve" => &mut s.capped_reserve,
+                "capped_per_source" => &mut s.capped_per_source,
+                "unregistered_closed" => &mut s.unregistered_closed,
+                "unregistered_stopped" => &mut s.unregistered_stopped,
+                "unregistered_replaced" => &mut s.unregistered_replaced,
+                "http_capped" => &mut s.http_capped,
+                "http_timeouts" => &mut s.http_timeouts,
                 _ => continue,
             };
             *slot = v;
@@ -146,6 +183,20 @@ impl Stats {
         if matches!(reason, CloseReason::Frame(_) | CloseReason::Request(_)) {
             self.malformed_requests += 1;
         }
+    }
+
+    /// Records the time from accept to reply written of a `request`.
+    pub fn observe_duration(&mut self, request: &'static str, d: std::time::Duration) {
+        self.durations.entry(request).or_default().observe(d);
+    }
+
+    /// Unregistrations by reason, for `/metrics`.
+    pub fn unregistrations(&self) -> [(&'static str, u64); 3] {
+        [
+            ("closed", self.unregistered_closed),
+            ("stop", self.unregistered_stopped),
+            ("replaced", self.unregistered_replaced),
+        ]
     }
 
     /// Records the current sizes for the peaks.

@@ -77,6 +77,24 @@ impl std::hash::Hasher for TokenHasher {
     }
 }
 
+/// The most `--metrics-listen` listeners.
+pub const MAX_METRICS_LISTENERS: usize = 16;
+
+/// The token of `--metrics-listen` listener `index`.
+pub fn metrics_listener(index: usize) -> Token {
+    debug_assert!(index < MAX_METRICS_LISTENERS);
+    Token(SIGNALS.0 + 1 + index)
+}
+
+/// The metrics listener index of a token, if it is one.
+pub fn metrics_listener_index(token: Token) -> Option<usize> {
+    let first = SIGNALS.0 + 1;
+    (token.0 >= first && token.0 < first + MAX_METRICS_LISTENERS).then(|| token.0 - first)
+}
+
+// The metrics listener tokens are below the connection tokens.
+const _: () = assert!(SIGNALS.0 + MAX_METRICS_LISTENERS < FIRST_CONN_TOKEN);
+
 // The admin listener token is reserved next to the TCP listeners.
 const _: () = assert!(ADMIN.0 < FIRST_CONN_TOKEN);
 

@@ -376,6 +376,11 @@ fn admin_nodes_every_field() {
             (before..=t0).contains(&v.registered_at),
             "registered-at not in [{before}, {t0}]; {ctx}"
         );
+        assert_eq!(
+            v.registered,
+            epmd_rs::admin::table::rfc3339(v.registered_at),
+            "JSON keeps both times; {ctx}"
+        );
         assert!(
             v.age_secs >= t0 - v.registered_at && v.age_secs <= t1 - v.registered_at,
             "age not in [{}, {}]; {ctx}",
@@ -420,7 +425,7 @@ fn admin_nodes_every_field() {
             extra,
             v.peer.clone(),
             v.local.clone(),
-            v.registered_at.to_string(),
+            epmd_rs::admin::table::rfc3339(v.registered_at),
         ];
         assert_eq!(&row[..11], &fixed[..], "{ctx}");
         let age: u64 = row[11]
@@ -836,6 +841,8 @@ fn admin_watch_register_then_unregister() {
             (t0..=t1).contains(&e.at),
             "event time not in [{t0}, {t1}]: {e:?}"
         );
+        // JSON keeps both forms.
+        assert_eq!(e.time, epmd_rs::admin::table::rfc3339(e.at), "{e:?}");
     }
 
     // The table form: `<at> <event> <name> port <port> creation <creation>`.
@@ -857,7 +864,12 @@ fn admin_watch_register_then_unregister() {
             ],
             "watch line {line:?}"
         );
-        assert!(words[0].parse::<u64>().is_ok(), "watch line {line:?}");
+        // An RFC 3339 UTC time: 2026-11-28T03:17:29Z.
+        let at = words[0].as_bytes();
+        assert!(
+            at.len() == 20 && at[4] == b'-' && at[10] == b'T' && at[19] == b'Z',
+            "watch line {line:?}"
+        );
     }
     assert!(json.child.try_wait().expect("try_wait").is_none());
 }

@@ -73,7 +73,7 @@ fn figure(test: &str, text: &str) {
 
 /// Raises this test process's RLIMIT_NOFILE to at least `need` (the hard limit too, which
 /// root may do); the daemons it starts inherit it. Panics with advice when it cannot.
-fn ensure_fd_limit(need: u64) {
+pub(crate) fn ensure_fd_limit(need: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -92,3 +92,13 @@ mod netns_v6;
 // The Debian packages: lintian, then install, upgrade under load, epmd-rs-as-epmd and purge
 // in the real-systemd container with the host's erl.
 mod deb_package;
+
+// `--metrics-listen`: /metrics equal to admin stats, /livez, /readyz at the cap, hostile
+// HTTP rows, a real Prometheus scraping real Erlang nodes, promtool.
+mod metrics;
+
+// `epmd-rs wait NAME [--gone]`: real nodes, timeouts, latency.
+mod wait;
+
+// Node events: JSON lines with --log-format json, admin history.
+mod events;

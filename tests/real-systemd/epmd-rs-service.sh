@@ -234,6 +234,30 @@ check grep -q 'still serving' <<< "$warnings"
 check grep -q 'handed over to pid' <<< "$infos"
 if grep -q 'handed over to pid\|took over from' <<< "$warnings"; then fail "info lines shown by journalctl -p warning"; else echo "ok: no info line at priority warning"; fi
 
+echo "== node events in the journal, with fields (EPMD_NODE=, EPMD_EVENT=...)"
+# Node a registered at the start: journalctl finds it by field.
+check test "$(journalctl -b -q --no-pager EPMD_NODE=a EPMD_EVENT=register -o cat | grep -c 'node a registered')" -ge 1
+# 500 raw nodes register and go: 1000 events, each found by its fields.
+python3 - <<'PY'
+import socket, struct
+for i in range(500):
+    name = b"jev%d" % i
+    req = bytes([120]) + struct.pack(">HBBHHH", 7000 + i, 77, 0, 6, 5, len(name)) + name + struct.pack(">H", 0)
+    s = socket.create_connection(("127.0.0.1", 4369))
+    s.sendall(struct.pack(">H", len(req)) + req)
+    assert s.recv(6)[1] == 0
+    s.close()
+PY
+jevents() { journalctl -b -q --no-pager _SYSTEMD_UNIT=$U EPMD_EVENT="$1" -o json | grep -c '"EPMD_NODE":"jev'; }
+for _ in $(seq 1 300); do [ "$(jevents unregister)" -ge 500 ] && break; sleep 0.02; done
+regs=$(jevents register) unregs=$(jevents unregister)
+echo "FIGURE events: $regs register and $unregs unregister events of 500 raw nodes in the journal"
+check test "$regs" = 500 -a "$unregs" = 500
+j=$(journalctl -b -q --no-pager EPMD_NODE=jev7 EPMD_EVENT=unregister -o json)
+check grep -q '"EPMD_REASON":"closed"' <<< "$j"
+check grep -q '"PRIORITY":"6"' <<< "$j"
+check grep -q '"EPMD_PORT":"7007"' <<< "$j"
+
 echo "== node b pings a again; every registration is still the first one"
 rm -f /tmp/a.run; sleep 0.3
 read -r okb0 fb0 < <(pings b)

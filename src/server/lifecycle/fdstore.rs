@@ -258,6 +258,7 @@ impl FdStore {
         // Listeners come back from the socket unit and the admin socket is bound anew;
         // only registration connections are kept.
         state.listeners.clear();
+        state.metrics_listeners.clear();
         state.admin = None;
         state.fd_store = None;
         state

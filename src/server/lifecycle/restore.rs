@@ -27,6 +27,8 @@ pub struct Sockets {
     pub memfd: Option<(String, File)>,
     /// The connections' streams, in the order of `state.connections`.
     pub streams: Vec<std::net::TcpStream>,
+    /// The `--metrics-listen` sockets, in order.
+    pub metrics: Vec<std::net::TcpListener>,
 }
 
 /// Takes every fd `state` names out of `fds`.
@@ -51,11 +53,16 @@ pub fn sockets(state: &State, mut fds: HashMap<String, OwnedFd>) -> Result<Socke
     for c in &state.connections {
         streams.push(std::net::TcpStream::from(take(&c.fd)?));
     }
+    let mut metrics = Vec::with_capacity(state.metrics_listeners.len());
+    for name in &state.metrics_listeners {
+        metrics.push(std::net::TcpListener::from(take(name)?));
+    }
     Ok(Sockets {
         listeners,
         admin,
         memfd,
         streams,
+        metrics,
     })
 }
 

@@ -35,6 +35,8 @@ pub struct Parts<'a> {
     pub stats: &'a Stats,
     /// Seconds since the first daemon of this lineage started.
     pub uptime_secs: u64,
+    /// The `--metrics-listen` sockets, in order.
+    pub metrics_listeners: Vec<RawFd>,
 }
 
 /// The whole state, and the fds to pass in the order of [`State::fd_names`].
@@ -137,6 +139,11 @@ pub fn capture(parts: Parts<'_>) -> (State, Vec<RawFd>) {
             .collect(),
         handovers: parts.stats.handovers,
     };
+    let mut metrics_listeners = Vec::with_capacity(parts.metrics_listeners.len());
+    for (i, fd) in parts.metrics_listeners.iter().enumerate() {
+        metrics_listeners.push(format!("metrics-{i}"));
+        fds.push(*fd);
+    }
     let state = State {
         format: FORMAT.to_owned(),
         version: VERSION,
@@ -149,6 +156,7 @@ pub fn capture(parts: Parts<'_>) -> (State, Vec<RawFd>) {
         old,
         stats,
         uptime_secs: parts.uptime_secs,
+        metrics_listeners,
     };
     (state, fds)
 }
