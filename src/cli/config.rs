@@ -424,7 +424,7 @@ impl Config {
         };
         let (names_text, names_src) = shown(&names_allow);
         let (lookup_text, lookup_src) = shown(&port_please_allow);
-        let (max_text, max_src) = shown_count(max_connections, "fd limit - 32");
+        let (max_text, max_src) = shown_count(max_connections, "fd limit - fds in use - 1");
         let (per_text, per_src) = shown_count(max_per_source, "1024");
         let (v6_text, v6_src) = shown_count(ipv6_prefix.map(|(n, s)| (usize::from(n), s)), "64");
         let flag_or_env = |flag: bool, var: &str| {

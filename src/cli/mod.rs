@@ -110,7 +110,8 @@ pub struct Cli {
     #[arg(long, value_name = "RULES")]
     pub port_please_allow: Option<String>,
 
-    /// Most open connections [default: the fd limit minus 32; env: EPMD_RS_MAX_CONNECTIONS].
+    /// Most open connections [default: the fd limit minus the fds open at start minus 1;
+    /// env: EPMD_RS_MAX_CONNECTIONS].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
