@@ -25,6 +25,7 @@ use crate::support::daemon::{Daemon, DaemonBuilder, BIN, EPMD_ENV_VARS};
 use crate::support::erl::{atom, probe, tagged_lines, unique_name, ErlNode};
 use crate::support::raw::{self, alive2_req, hex, parse_names, Conn, IO_TIMEOUT};
 use crate::support::tmp;
+use crate::support::tmp::TempDir;
 use crate::support::wait::{poll_true, poll_until};
 
 /// How long an admin command may run.
@@ -39,36 +40,6 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed (with its contents) on drop.
-struct TempDir {
-    /// Its path.
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `<tmp>/epmd-rs-it-<pid>-<n>`.
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "epmd-rs-it-{}-{}",
-            std::process::id(),
-            tmp::unique_id()
-        ));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TempDir { path }
-    }
-
-    /// `<dir>/admin.sock`.
-    fn socket(&self) -> PathBuf {
-        self.path.join("admin.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
 
 /// Seconds since the Unix epoch.
 fn unix_now() -> u64 {
@@ -243,8 +214,8 @@ struct Expected {
 /// `NodeView` and agrees with the table.
 #[test]
 fn admin_nodes_every_field() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = TempDir::short("admin");
+    let socket = dir.join("admin.sock");
     let daemon = start_with_admin(with_admin(&socket), &socket);
     let port = daemon.port();
     let before = unix_now();
@@ -447,8 +418,8 @@ fn admin_nodes_every_field() {
 /// After an unregistration, `admin old` lists the name with its last port and creation.
 #[test]
 fn admin_old_after_unregister() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = TempDir::short("admin");
+    let socket = dir.join("admin.sock");
     let daemon = start_with_admin(with_admin(&socket), &socket);
     let port = daemon.port();
 
@@ -496,8 +467,8 @@ fn admin_old_after_unregister() {
 #[test]
 fn admin_nodes_reply_over_one_mib_arrives_whole() {
     const COUNT: usize = 500;
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = TempDir::short("admin");
+    let socket = dir.join("admin.sock");
     let daemon = start_with_admin(with_admin(&socket), &socket);
     let port = daemon.port();
     let extra: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
@@ -533,8 +504,8 @@ fn admin_nodes_reply_over_one_mib_arrives_whole() {
 /// request one to `malformed_requests`; the table agrees with the JSON.
 #[test]
 fn admin_stats_counters_move() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = TempDir::short("admin");
+    let socket = dir.join("admin.sock");
     let daemon = start_with_admin(with_admin(&socket), &socket);
     let port = daemon.port();
     let (_node, _) = register_simple(port, "counted", 2222);
@@ -611,8 +582,8 @@ fn admin_stats_counters_move() {
 /// `admin config` reports each value with its source: flag, environment or default.
 #[test]
 fn admin_config_sources() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = TempDir::short("admin");
+    let socket = dir.join("admin.sock");
     // The port from ERL_EPMD_PORT; -relaxed_command_check and -address as flags; the
     // packet timeout and the admin group left at their defaults.
     let builder = with_admin(&socket)
@@ -792,8 +763,8 @@ fn sync_watchers(port: u16, watchers: &mut [&mut Watcher]) {
 /// the name, port and creation.
 #[test]
 fn admin_watch_register_then_unregister() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = TempDir::short("admin");
+    let socket = dir.join("admin.sock");
     let daemon = start_with_admin(with_admin(&socket), &socket);
     let port = daemon.port();
 
@@ -892,8 +863,8 @@ fn socket_mode(socket: &Path) -> (u32, u32) {
 /// Without `--admin-group` the socket is 0600.
 #[test]
 fn admin_socket_mode_0600() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = TempDir::short("admin");
+    let socket = dir.join("admin.sock");
     let _daemon = start_with_admin(with_admin(&socket), &socket);
     let (mode, _) = socket_mode(&socket);
     assert_eq!(mode, 0o600, "mode {mode:o}");
@@ -904,8 +875,8 @@ fn admin_socket_mode_0600() {
 #[test]
 fn admin_socket_mode_0660_with_group() {
     for group in ["0", "root"] {
-        let dir = TempDir::new();
-        let socket = dir.socket();
+        let dir = TempDir::short("admin");
+        let socket = dir.join("admin.sock");
         let builder = with_admin(&socket).args(["--admin-group", group]);
         let _daemon = start_with_admin(builder, &socket);
         let (mode, gid) = socket_mode(&socket);
@@ -918,8 +889,8 @@ fn admin_socket_mode_0660_with_group() {
 /// A stale socket file (bound, then its listener dropped) is replaced at start.
 #[test]
 fn stale_socket_is_replaced() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = TempDir::short("admin");
+    let socket = dir.join("admin.sock");
     drop(UnixListener::bind(&socket).expect("bind a soon-stale socket"));
     assert!(
         fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket()),
@@ -944,8 +915,8 @@ fn stale_socket_is_replaced() {
 /// a clear message, and the first keeps serving on it.
 #[test]
 fn live_socket_is_refused() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = TempDir::short("admin");
+    let socket = dir.join("admin.sock");
     let first = start_with_admin(with_admin(&socket), &socket);
     let (_node, _) = register_simple(first.port(), "firstnode", 4444);
 

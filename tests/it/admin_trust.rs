@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::support::c_epmd::{run, CmdOutput};
 use crate::support::daemon::{Daemon, BIN};
 use crate::support::ports::free_port;
-use crate::support::tmp;
+use crate::support::tmp::TempDir;
 use crate::support::wait::{poll_true, poll_until};
 
 /// The uid the untrusted client runs as (not the daemon's, not root).
@@ -32,33 +32,6 @@ const ADMIN_GID: u32 = 65534;
 
 /// How long an admin exchange may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A fresh directory under the system temp dir (mode 0755, so that the untrusted client
-/// can reach the socket in it), removed with its contents on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "epmd-rs-trust-{}-{}",
-            std::process::id(),
-            tmp::unique_id()
-        ));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod 0755");
-        TempDir(path)
-    }
-
-    fn join(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// True when the tests run as root (they need it to act as another user).
 fn is_root() -> bool {
@@ -173,7 +146,7 @@ fn upgrade_is_refused_to_the_admin_group_and_never_runs_a_named_program() {
         eprintln!("skipped: needs root to act as another user");
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::short("trust").with_mode(0o755);
     let socket = dir.join("admin.sock");
     let marker = dir.join("ran");
     let script = dir.join("evil.sh");
@@ -267,7 +240,7 @@ fn a_stale_socket_of_another_user_is_never_replaced() {
         eprintln!("skipped: needs root to own a file as another user");
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::short("trust").with_mode(0o755);
     let socket = dir.join("admin.sock");
     drop(UnixListener::bind(&socket).expect("bind a soon-stale socket"));
     std::os::unix::fs::lchown(&socket, Some(NOBODY_UID), None).expect("lchown");
@@ -310,8 +283,8 @@ fn the_client_refuses_a_socket_another_user_may_have_planted() {
         eprintln!("skipped: needs root to act as another user");
         return;
     }
-    let shared = TempDir::new();
-    fs::set_permissions(&shared.0, fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
+    let shared = TempDir::short("trust").with_mode(0o755);
+    fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
     let socket = shared.join("admin.sock");
     let _planted = daemon_as_nobody(&socket);
     let out = run(
@@ -339,8 +312,8 @@ fn the_client_refuses_a_socket_another_user_may_have_planted() {
     assert!(own.status.success(), "{}", own.stderr_text());
 
     // The same user's daemon in a directory of its own that nobody else can write.
-    let private = TempDir::new();
-    std::os::unix::fs::chown(&private.0, Some(NOBODY_UID), Some(ADMIN_GID)).expect("chown");
+    let private = TempDir::short("trust").with_mode(0o755);
+    std::os::unix::fs::chown(private.path(), Some(NOBODY_UID), Some(ADMIN_GID)).expect("chown");
     let socket = private.join("admin.sock");
     let _service = daemon_as_nobody(&socket);
     let out = run(
@@ -359,7 +332,7 @@ fn the_client_refuses_a_socket_another_user_may_have_planted() {
 /// admin deadline (5 s), and counted.
 #[test]
 fn an_idle_admin_client_is_closed_at_its_deadline() {
-    let dir = TempDir::new();
+    let dir = TempDir::short("trust").with_mode(0o755);
     let socket = dir.join("admin.sock");
     let _daemon = start_daemon(&socket);
     let mut idle = UnixStream::connect(&socket).expect("connect");
@@ -386,7 +359,7 @@ fn an_idle_admin_client_is_closed_at_its_deadline() {
 /// not affected.
 #[test]
 fn admin_connections_are_capped() {
-    let dir = TempDir::new();
+    let dir = TempDir::short("trust").with_mode(0o755);
     let socket = dir.join("admin.sock");
     let daemon = start_daemon(&socket);
     let mut open: Vec<UnixStream> = (0..16)

@@ -3,7 +3,7 @@
 //! `--log-file`) is never a predictable name in a shared directory such as `/tmp`.
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::support::c_epmd::run;
 use crate::support::daemon::{Daemon, DetachedDaemon, BIN, EPMD_ENV_VARS};
 use crate::support::ports::free_port;
-use crate::support::tmp;
+use crate::support::tmp::TempDir;
 use crate::support::wait::poll_true;
 
 /// How long a daemon may take to refuse to start, or a `-daemon` command to return.
@@ -21,32 +21,9 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The unprivileged uid and gid the fallback-log test runs the daemon as.
 const NOBODY: u32 = 65534;
 
-/// A fresh directory (mode 0777, so an unprivileged daemon may write in it), removed with
-/// its contents on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        let path = tmp::unique_path(label);
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).expect("chmod");
-        TempDir(path)
-    }
-
-    fn join(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A file with known contents and a symlink to it, in `dir`.
 fn target_and_link(dir: &TempDir, name: &str) -> (PathBuf, PathBuf) {
-    let target = dir.join(&format!("{name}.target"));
+    let target = dir.join(format!("{name}.target"));
     fs::write(&target, b"precious\n").expect("write the target");
     let link = dir.join(name);
     symlink(&target, &link).expect("symlink");
@@ -78,7 +55,7 @@ fn refuses_to_start(args: &[&str], target: &Path) -> String {
 /// through it.
 #[test]
 fn the_pid_file_is_never_written_through_a_symlink() {
-    let dir = TempDir::new("pidsym");
+    let dir = TempDir::new("pidsym").with_mode(0o777);
     let (target, link) = target_and_link(&dir, "epmd.pid");
     let stderr = refuses_to_start(&["--pid-file", link.to_str().expect("utf-8")], &target);
     assert!(stderr.contains("pid file"), "{stderr}");
@@ -88,7 +65,7 @@ fn the_pid_file_is_never_written_through_a_symlink() {
 /// through it.
 #[test]
 fn the_log_file_is_never_opened_through_a_symlink() {
-    let dir = TempDir::new("logsym");
+    let dir = TempDir::new("logsym").with_mode(0o777);
     let (target, link) = target_and_link(&dir, "epmd.log");
     let stderr = refuses_to_start(&["--log-file", link.to_str().expect("utf-8")], &target);
     assert!(stderr.contains("cannot open the log"), "{stderr}");
@@ -104,8 +81,8 @@ fn a_users_fallback_log_is_never_in_a_shared_directory() {
         eprintln!("skipped: needs root (to run as another user) and no syslog socket");
         return;
     }
-    let shared = TempDir::new("sharedtmp");
-    let runtime = TempDir::new("xdgruntime");
+    let shared = TempDir::new("sharedtmp").with_mode(0o777);
+    let runtime = TempDir::new("xdgruntime").with_mode(0o777);
     for with_runtime_dir in [false, true] {
         let port = free_port();
         let guard = DetachedDaemon::on_port(port);
@@ -115,7 +92,7 @@ fn a_users_fallback_log_is_never_in_a_shared_directory() {
         }
         cmd.args(["-daemon", "-d", "-port", &port.to_string()])
             .args(["-address", "127.0.0.1", "--admin-socket", "none"])
-            .env("TMPDIR", &shared.0)
+            .env("TMPDIR", shared.path())
             .env_remove("XDG_RUNTIME_DIR")
             .current_dir("/")
             .stdin(Stdio::null())
@@ -124,7 +101,7 @@ fn a_users_fallback_log_is_never_in_a_shared_directory() {
             .uid(NOBODY)
             .gid(NOBODY);
         if with_runtime_dir {
-            cmd.env("XDG_RUNTIME_DIR", &runtime.0);
+            cmd.env("XDG_RUNTIME_DIR", runtime.path());
         }
         let out = run(&mut cmd, EXIT_TIMEOUT);
         assert!(
@@ -136,7 +113,7 @@ fn a_users_fallback_log_is_never_in_a_shared_directory() {
             guard.wait_pid(EXIT_TIMEOUT).is_some(),
             "the detached daemon does not listen on {port}"
         );
-        let in_shared: Vec<_> = fs::read_dir(&shared.0)
+        let in_shared: Vec<_> = fs::read_dir(shared.path())
             .expect("read the shared dir")
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();

@@ -28,7 +28,6 @@ use crate::support::daemon::{Daemon, DetachedDaemon, BIN};
 use crate::support::erl::{self, ErlNode};
 use crate::support::procnet;
 use crate::support::raw;
-use crate::support::tmp;
 use crate::support::wait::{poll_true, poll_until};
 
 /// How long an `admin upgrade` may take (the daemon waits up to 10 s per step).
@@ -47,29 +46,8 @@ const CHAIN_LENGTH: usize = 20;
 // Helpers shared with the fd-store tests.
 // ---------------------------------------------------------------------------------------
 
-/// A private directory under `CARGO_TARGET_TMPDIR`, removed with its contents on drop.
-#[derive(Debug)]
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Creates `<CARGO_TARGET_TMPDIR>/epmd-it-<pid>-<n>-<label>`.
-    pub(crate) fn new(label: &str) -> TempDir {
-        let path = tmp::unique_path(label);
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    /// `dir/rel`.
-    pub(crate) fn join(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+/// Scratch directories, shared by the modules that import them from here.
+pub(crate) use crate::support::tmp::TempDir;
 
 /// Sends one admin request line over the admin socket and returns the whole answer, with a
 /// deadline on every step.

@@ -99,37 +99,8 @@ pub(crate) fn assert_success(what: &str, out: &CmdOutput) {
     );
 }
 
-/// A fresh directory under `CARGO_TARGET_TMPDIR`, removed with its contents when dropped.
-#[derive(Debug)]
-pub(crate) struct TempDir {
-    /// The directory.
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `<CARGO_TARGET_TMPDIR>/epmd-it-<pid>-<n>-<label>`.
-    pub(crate) fn new(label: &str) -> TempDir {
-        let path = tmp::unique_path(label);
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TempDir { path }
-    }
-
-    /// The directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `dir/rel`.
-    pub(crate) fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.path.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
+/// Scratch directories, shared by the modules that import them from here.
+pub(crate) use crate::support::tmp::TempDir;
 
 /// An `sd_notify` receiver: a Unix datagram socket bound to a fresh path, to give a daemon
 /// as `NOTIFY_SOCKET`. Every datagram received is kept, with the time it arrived.

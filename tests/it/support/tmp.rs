@@ -43,3 +43,57 @@ pub(crate) fn read_lossy(path: &Path) -> String {
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default()
 }
+
+/// A fresh directory, removed with its contents when dropped.
+#[derive(Debug)]
+pub(crate) struct TempDir {
+    /// The directory.
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<CARGO_TARGET_TMPDIR>/epmd-it-<pid>-<n>-<label>`.
+    pub(crate) fn new(label: &str) -> TempDir {
+        TempDir::create(unique_path(label))
+    }
+
+    /// Creates `<system temp dir>/epmd-it-<pid>-<n>-<label>`: a short path, for Unix sockets
+    /// (whose paths are limited to 107 bytes) and for users other than the test's, who may
+    /// not be able to reach the target directory.
+    pub(crate) fn short(label: &str) -> TempDir {
+        TempDir::create(std::env::temp_dir().join(format!(
+            "epmd-it-{}-{}-{label}",
+            std::process::id(),
+            unique_id()
+        )))
+    }
+
+    fn create(path: PathBuf) -> TempDir {
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    /// The same directory with permission bits `mode` (e.g. 0o777 for a shared directory).
+    pub(crate) fn with_mode(self, mode: u32) -> TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", self.path.display()));
+        self
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `dir/rel`.
+    pub(crate) fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
