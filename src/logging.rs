@@ -62,6 +62,21 @@ fn format() -> LogFormat {
     FORMAT.get().copied().unwrap_or_default()
 }
 
+/// Whether [`event`] writes anything: to the journal, as JSON, or as an info line the level
+/// lets through. Callers skip building an event's message and fields when it does not (a
+/// registration and an unregistration are on the hot path of a churning cluster).
+pub fn events_shown() -> bool {
+    stderr_is_journal_now() || format() == LogFormat::Json || log::log_enabled!(log::Level::Info)
+}
+
+static STDERR_IS_JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// [`stderr_is_journal`] for this process, decided at the first event (after `-daemon` has
+/// detached) and kept: neither the environment nor fd 2 changes afterwards.
+fn stderr_is_journal_now() -> bool {
+    *STDERR_IS_JOURNAL.get_or_init(|| stderr_is_journal(std::env::var_os("JOURNAL_STREAM")))
+}
+
 /// The journal's native socket.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
@@ -73,7 +88,7 @@ pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 /// (the fields lower-cased without `EPMD_`); both always, whatever the level. Otherwise
 /// it is an info line (shown with `-d`).
 pub fn event(message: &str, fields: &[(&'static str, String)]) {
-    if stderr_is_journal(std::env::var_os("JOURNAL_STREAM")) {
+    if stderr_is_journal_now() {
         match send_journal(Path::new(JOURNAL_SOCKET), 6, message, fields) {
             Ok(()) => return,
             Err(_) => {

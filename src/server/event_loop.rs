@@ -843,7 +843,9 @@ impl Server {
         peer: Option<std::net::SocketAddr>,
     ) {
         let event = events::new_event(reg, reason, peer, unix_now());
-        crate::logging::event(&events::message(&event), &events::journal_fields(&event));
+        if crate::logging::events_shown() {
+            crate::logging::event(&events::message(&event), &events::journal_fields(&event));
+        }
         self.operator.record(event);
     }
 
