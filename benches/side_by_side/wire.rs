@@ -134,6 +134,25 @@ impl std::fmt::Display for RegisterError {
     }
 }
 
+/// A TCP socket bound to `from` with `IP_BIND_ADDRESS_NO_PORT`: the kernel picks the port
+/// at `connect()` time, for the full address pair (see [`connect`]).
+pub(crate) fn bound_socket(from: Ipv4Addr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int option value of the size we pass.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    socket.bind(&SocketAddr::from((from, 0)).into())?;
+    Ok(socket)
+}
+
 /// Connects to `addr`, from the loopback address `from` if given.
 ///
 /// Thousands of open connections from 127.0.0.1 to one port make the kernel search long for
@@ -149,19 +168,7 @@ pub(crate) fn connect(
     let Some(from) = from else {
         return TcpStream::connect_timeout(&addr, timeout);
     };
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int option value of the size we pass.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    socket.bind(&SocketAddr::from((from, 0)).into())?;
+    let socket = bound_socket(from)?;
     socket.connect_timeout(&addr.into(), timeout)?;
     Ok(socket.into())
 }

@@ -17,12 +17,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use socket2::{Domain, Socket, Type};
 
 use super::idx;
 use crate::daemon::Kind;
@@ -231,19 +229,7 @@ fn source(i: usize) -> Ipv4Addr {
 
 /// A non-blocking connect from `from` (port chosen at connect time).
 fn start_connect(addr: SocketAddr, from: Ipv4Addr) -> io::Result<std::net::TcpStream> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int option value of the size we pass.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    socket.bind(&SocketAddr::from((from, 0)).into())?;
+    let socket = wire::bound_socket(from)?;
     socket.set_nonblocking(true)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
